@@ -1,0 +1,60 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Targets by job: a pure core (no C, no sockets), one thin wrapper per C library,
+// the worker that wires them, and a thin executable. See README "Code layout".
+let package = Package(
+    name: "cache-invalidator",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "cache-invalidator", targets: ["cache-invalidator"]),
+        .library(name: "CacheInvalidator", targets: ["CacheInvalidator"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CLibPQ",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]
+        ),
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        .target(
+            name: "InvalidationCore",
+            dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")]
+        ),
+        .target(name: "PostgresClient", dependencies: ["CLibPQ"]),
+        .target(name: "RedisClient", dependencies: ["CHiredis"]),
+        .target(
+            name: "CacheInvalidator",
+            dependencies: [
+                "InvalidationCore", "PostgresClient", "RedisClient",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "cache-invalidator",
+            dependencies: [
+                "CacheInvalidator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "InvalidationCoreTests", dependencies: ["InvalidationCore"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "CacheInvalidator", "InvalidationCore", "PostgresClient", "RedisClient",
+                "cache-invalidator",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+    ]
+)

@@ -1,0 +1,114 @@
+import InvalidationCore
+import PostgresClient
+
+/// The worker's SQL against `cache_invalidation.events`: listen, fetch pending, acknowledge.
+/// All values go through parameters; nothing from a row or a notification is formatted into SQL.
+struct EventLog {
+    let connection: PGConnection
+    let channel: String
+    /// Whether Postgres records commit timestamps (`track_commit_timestamp = on`), which makes
+    /// the lag start point the true commit time instead of the trigger's write time.
+    let commitTimestamps: Bool
+    private let fetchSQL: String
+    private let knownKinds: String
+
+    init(connection: PGConnection, channel: String) throws(PostgresError) {
+        self.connection = connection
+        self.channel = channel
+        let setting = try connection.execute("SELECT current_setting('track_commit_timestamp')")
+        self.commitTimestamps = setting[0, 0] == "on"
+        let start = commitTimestamps
+            ? "COALESCE(pg_xact_commit_timestamp(e.xmin), e.created_at)"
+            : "e.created_at"
+        // Pending means "not acknowledged", not "id above the last one seen": an event whose
+        // transaction commits after a later id is still found, and no long transaction elsewhere
+        // can hold the fast path back. Unknown kinds (from a newer migration) stay pending for a
+        // newer worker instead of being dropped.
+        self.fetchSQL = """
+            SELECT e.id, e.kind, e.payload::text, (extract(epoch FROM \(start)) * 1000000)::int8
+            FROM cache_invalidation.events e
+            WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[])
+            ORDER BY e.id
+            LIMIT $1
+            """
+        self.knownKinds = PostgresArray.text(EventKind.allNames)
+    }
+
+    func listen() throws(PostgresError) {
+        try connection.execute("LISTEN \(try connection.escapeIdentifier(channel))")
+    }
+
+    struct Fetched {
+        var events: [InvalidationEvent] = []
+        /// Rows whose payload could not be decoded: acknowledged with nothing deleted, and logged.
+        var undecodable: [(id: Int64, kind: String, error: PayloadError)] = []
+        var rowCount = 0
+    }
+
+    func fetchPending(limit: Int) throws(PostgresError) -> Fetched {
+        let rows = try connection.execute(fetchSQL, [String(limit), knownKinds])
+        var fetched = Fetched()
+        fetched.rowCount = rows.rows.count
+        fetched.events.reserveCapacity(rows.rows.count)
+        for row in rows.rows {
+            guard let idText = row[0], let id = Int64(idText), let kindName = row[1], let kind = EventKind(rawValue: kindName) else {
+                continue
+            }
+            let start = row[3].flatMap { Int64($0) } ?? 0
+            do {
+                let fields = try EventPayload.decode(row[2] ?? "")
+                fetched.events.append(InvalidationEvent(id: id, kind: kind, fields: fields, startMicros: start))
+            } catch {
+                fetched.undecodable.append((id, kindName, error))
+            }
+        }
+        return fetched
+    }
+
+    /// Marks events processed. Only called after Redis confirmed every deletion they asked for.
+    func acknowledge(_ ids: [Int64]) throws(PostgresError) {
+        guard !ids.isEmpty else { return }
+        try connection.execute(
+            "UPDATE cache_invalidation.events SET processed_at = clock_timestamp() WHERE id = ANY($1::int8[]) AND processed_at IS NULL",
+            [PostgresArray.integers(ids)])
+    }
+
+    /// Of the ids notifications named, those the log has never held: forged or mistaken notifications.
+    func missing(_ ids: [Int64]) throws(PostgresError) -> [Int64] {
+        guard !ids.isEmpty else { return [] }
+        let rows = try connection.execute(
+            "SELECT n FROM unnest($1::int8[]) AS n WHERE NOT EXISTS (SELECT 1 FROM cache_invalidation.events e WHERE e.id = n) ORDER BY n",
+            [PostgresArray.integers(ids)])
+        return rows.rows.compactMap { $0[0].flatMap { Int64($0) } }
+    }
+
+    struct Backlog {
+        var pending: Int64
+        var oldestAgeSeconds: Double
+        var unknownKind: Int64
+    }
+
+    func backlog() throws(PostgresError) -> Backlog {
+        let rows = try connection.execute("""
+            SELECT count(*),
+                   COALESCE(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8,
+                   count(*) FILTER (WHERE kind <> ALL($1::text[]))
+            FROM cache_invalidation.events WHERE processed_at IS NULL
+            """, [knownKinds])
+        return Backlog(
+            pending: rows[0, 0].flatMap { Int64($0) } ?? 0,
+            oldestAgeSeconds: rows[0, 1].flatMap { Double($0) } ?? 0,
+            unknownKind: rows[0, 2].flatMap { Int64($0) } ?? 0)
+    }
+}
+
+/// Postgres array literals for parameters (`{1,2,3}`, `{"a","b"}`), so a list is one parameter.
+enum PostgresArray {
+    static func integers(_ values: [Int64]) -> String {
+        "{" + values.map(String.init).joined(separator: ",") + "}"
+    }
+
+    static func text(_ values: [String]) -> String {
+        "{" + values.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }.joined(separator: ",") + "}"
+    }
+}

@@ -1,0 +1,186 @@
+import Foundation
+import InvalidationCore
+import Logging
+
+/// A configuration problem, said in a way that tells the operator what to change.
+public struct ConfigurationError: Error, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Every setting of the worker, its flag, its environment variable and its default: the single
+/// source for `--help`, the README's table and the resolution order (flag, then environment,
+/// then default).
+public enum Setting: String, CaseIterable, Sendable {
+    case databaseURL = "database-url"
+    case redisURL = "redis-url"
+    case keyPrefix = "key-prefix"
+    case rules = "rules"
+    case deleteCommand = "delete-command"
+    case batchSize = "batch-size"
+    case slowThreshold = "slow-threshold"
+    case summaryInterval = "summary-interval"
+    case redisTimeout = "redis-timeout"
+    case reconnectMax = "reconnect-max"
+    case logLevel = "log-level"
+    case logFormat = "log-format"
+
+    /// `--key-prefix` ↔ `KEY_PREFIX`: upper case, dashes to underscores.
+    public var environmentName: String { rawValue.uppercased().replacingOccurrences(of: "-", with: "_") }
+
+    public var defaultValue: String? {
+        switch self {
+        case .databaseURL: return nil
+        case .redisURL: return "redis://127.0.0.1:6379/0"
+        case .keyPrefix: return "area51:"
+        case .rules: return nil
+        case .deleteCommand: return "unlink"
+        case .batchSize: return "1000"
+        case .slowThreshold: return "100ms"
+        case .summaryInterval: return "10s"
+        case .redisTimeout: return "2s"
+        case .reconnectMax: return "10s"
+        case .logLevel: return "info"
+        case .logFormat: return "logfmt"
+        }
+    }
+
+    public var help: String {
+        switch self {
+        case .databaseURL: return "PostgreSQL connection URL or libpq string, e.g. postgres://worker:secret@db:5432/app?sslmode=require (required)."
+        case .redisURL: return "Redis URL: redis://[user:password@]host[:port][/db] or unix:///path/redis.sock?db=N."
+        case .keyPrefix: return "Prefix of every cache key (the bot's namespace)."
+        case .rules: return "JSON rules file replacing the built-in rules (see rules/default-rules.json)."
+        case .deleteCommand: return "del or unlink (unlink frees memory off Redis's main thread)."
+        case .batchSize: return "Most events fetched and deleted per round trip (1-100000)."
+        case .slowThreshold: return "Warn for each event slower than this, commit to deletion (e.g. 100ms, 0.5ms, 1s)."
+        case .summaryInterval: return "How often the lag summary line is logged (e.g. 10s)."
+        case .redisTimeout: return "Timeout of one Redis connect or round trip."
+        case .reconnectMax: return "Longest wait between reconnection attempts (backoff is exponential with jitter)."
+        case .logLevel: return "trace, debug (one line per event), info, notice, warning, error or critical."
+        case .logFormat: return "logfmt or json."
+        }
+    }
+}
+
+/// Resolves settings from flags (given) and the environment, validating each.
+public struct SettingsResolver {
+    public var flags: [Setting: String]
+    public var environment: [String: String]
+
+    public init(flags: [Setting: String], environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.flags = flags
+        self.environment = environment
+    }
+
+    public func value(_ setting: Setting) -> String? {
+        if let flag = flags[setting] { return flag }
+        if let env = environment[setting.environmentName], !env.isEmpty { return env }
+        return setting.defaultValue
+    }
+
+    private func origin(_ setting: Setting) -> String {
+        flags[setting] != nil ? "--\(setting.rawValue)" : (environment[setting.environmentName].map { _ in setting.environmentName } ?? "default of --\(setting.rawValue)")
+    }
+
+    public func databaseURL() throws(ConfigurationError) -> String {
+        guard let url = value(.databaseURL), !url.trimmingCharacters(in: .whitespaces).isEmpty else {
+            throw ConfigurationError("no database given: set DATABASE_URL (or --database-url), e.g. postgres://user:password@localhost:5432/app")
+        }
+        return url
+    }
+
+    public func logLevel() throws(ConfigurationError) -> Logger.Level {
+        let text = value(.logLevel)!.lowercased()
+        guard let level = Logger.Level(rawValue: text) else {
+            throw ConfigurationError("\(origin(.logLevel)) is \(text.debugDescription); expected one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return level
+    }
+
+    public func logFormat() throws(ConfigurationError) -> LogfmtLogHandler.Format {
+        let text = value(.logFormat)!.lowercased()
+        guard let format = LogfmtLogHandler.Format(rawValue: text) else {
+            throw ConfigurationError("\(origin(.logFormat)) is \(text.debugDescription); expected logfmt or json")
+        }
+        return format
+    }
+
+    /// The full worker configuration; loads and validates the rules file if one is named.
+    public func workerConfiguration() throws(ConfigurationError) -> WorkerConfiguration {
+        let databaseURL = try databaseURL()
+        do {
+            _ = try PostgresTargetCheck.validate(databaseURL)
+        } catch {
+            throw ConfigurationError("\(origin(.databaseURL)): \(error)")
+        }
+        let redis: RedisEndpoint
+        do {
+            redis = try RedisEndpoint.parse(value(.redisURL)!)
+        } catch {
+            throw ConfigurationError("\(origin(.redisURL)): \(error)")
+        }
+        var config = WorkerConfiguration(databaseURL: databaseURL, redis: redis)
+        config.keyPrefix = value(.keyPrefix) ?? ""
+        if let path = value(.rules) {
+            do {
+                config.rules = try RulesLoader.load(path: path)
+            } catch {
+                throw ConfigurationError("rules file refused: \(error)")
+            }
+        }
+        let command = value(.deleteCommand)!.lowercased()
+        guard let deleteCommand = WorkerConfiguration.DeleteCommand(rawValue: command) else {
+            throw ConfigurationError("\(origin(.deleteCommand)) is \(command.debugDescription); expected del or unlink")
+        }
+        config.deleteCommand = deleteCommand
+        let batch = value(.batchSize)!
+        guard let batchSize = Int(batch), (1...100_000).contains(batchSize) else {
+            throw ConfigurationError("\(origin(.batchSize)) is \(batch.debugDescription); expected a whole number from 1 to 100000")
+        }
+        config.batchSize = batchSize
+        config.slowThresholdNanoseconds = try duration(.slowThreshold, minimum: 1)
+        config.summaryIntervalNanoseconds = try duration(.summaryInterval, minimum: 100_000_000)
+        let timeout = try duration(.redisTimeout, minimum: 1_000_000)
+        config.redisTimeoutMilliseconds = Int(timeout / 1_000_000)
+        let reconnectMax = try duration(.reconnectMax, minimum: 100_000_000)
+        config.reconnectMaximumMilliseconds = reconnectMax / 1_000_000
+        return config
+    }
+
+    func duration(_ setting: Setting, minimum: UInt64) throws(ConfigurationError) -> UInt64 {
+        let text = value(setting)!
+        guard let nanoseconds = DurationText.parse(text), nanoseconds >= minimum else {
+            throw ConfigurationError("\(origin(setting)) is \(text.debugDescription); expected a duration such as 250us, 100ms, 1.5s or 2m (at least \(formatMilliseconds(minimum)) ms)")
+        }
+        return nanoseconds
+    }
+}
+
+/// Durations as operators write them: `250us`, `100ms`, `1.5s`, `2m`; a bare number is milliseconds.
+public enum DurationText {
+    public static func parse(_ text: String) -> UInt64? {
+        let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
+        let units: [(String, Double)] = [("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
+        var number = Substring(trimmed)
+        var scale = 1e6
+        for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
+            number = trimmed.dropLast(suffix.count)
+            scale = factor
+            break
+        }
+        guard !number.isEmpty, number.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }),
+              let value = Double(number), value.isFinite, value >= 0, value * scale < 1e18 else { return nil }
+        return UInt64((value * scale).rounded())
+    }
+}
+
+import PostgresClient
+
+/// Validates DATABASE_URL's syntax without connecting (libpq's own parser).
+enum PostgresTargetCheck {
+    static func validate(_ url: String) throws(PostgresError) -> ConnectionTarget {
+        try ConnectionTarget.parse(url)
+    }
+}

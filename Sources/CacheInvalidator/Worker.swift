@@ -1,0 +1,391 @@
+import Foundation
+import InvalidationCore
+import Logging
+import PostgresClient
+import RedisClient
+import Synchronization
+
+/// The invalidation loop. Runs on its own thread (every libpq and hiredis call blocks), waits on
+/// the Postgres socket with `poll`, and for each wake-up: fetch pending events from the log,
+/// delete their keys in one pipelined round trip, then acknowledge them.
+///
+/// Nothing is lost because the log, not the notification, is the source of truth: after every
+/// (re)connect the worker LISTENs first and then drains the whole pending log, and an event is
+/// acknowledged only after Redis confirmed its deletions.
+final class Worker {
+    private let config: WorkerConfiguration
+    private let logger: Logger
+    private let statistics: WorkerStatistics
+    private let wake: WakeSignal
+    private let stopRequested: StopFlag
+
+    private var postgres: PGConnection?
+    private var eventLog: EventLog?
+    private var redis: RedisConnection?
+    private var invalidator: RedisInvalidator?
+
+    private var postgresHealth = HealthTracker()
+    private var redisHealth = HealthTracker()
+    private var postgresBackoff: Backoff
+    private var redisBackoff: Backoff
+    private var postgresRetryAt: UInt64 = 0
+    private var redisRetryAt: UInt64 = 0
+
+    /// Pending work: set after a (re)connect (drain the log) or a valid notification.
+    private var needsFetch = true
+    /// Event ids named by notifications and not yet seen in a fetch, checked against the log
+    /// once the pending log is empty: ids the log never held are forged notifications.
+    private var namedIDs: Set<Int64> = []
+    /// Recently processed ids, so a notification that arrives after its event was already handled
+    /// (several events in one fetch) costs no query.
+    private var recentIDs = RecentIDs(capacity: 8192)
+
+    private var interval = LagStatistics()
+    private var nextSummaryAt: UInt64
+
+    init(config: WorkerConfiguration, logger: Logger, statistics: WorkerStatistics, wake: WakeSignal, stopRequested: StopFlag) {
+        self.config = config
+        self.logger = logger
+        self.statistics = statistics
+        self.wake = wake
+        self.stopRequested = stopRequested
+        self.postgresBackoff = Backoff(initialMilliseconds: config.reconnectInitialMilliseconds, maximumMilliseconds: config.reconnectMaximumMilliseconds)
+        self.redisBackoff = Backoff(initialMilliseconds: config.reconnectInitialMilliseconds, maximumMilliseconds: config.reconnectMaximumMilliseconds)
+        self.nextSummaryAt = monotonicNanoseconds() + config.summaryIntervalNanoseconds
+    }
+
+    private var stopping: Bool { stopRequested.isSet }
+
+    func run() {
+        logger.info("worker starting", metadata: [
+            LogKey.postgres: "\((try? ConnectionTarget.parse(config.databaseURL))?.description ?? "invalid")",
+            LogKey.redis: "\(config.redis)",
+            "key_prefix": "\(config.keyPrefix)",
+            "delete_command": "\(config.deleteCommand.rawValue)",
+            LogKey.batchSize: "\(config.batchSize)",
+        ])
+        while !stopping {
+            let now = monotonicNanoseconds()
+            if postgres == nil && now >= postgresRetryAt { connectPostgres() }
+            if redis == nil && now >= redisRetryAt { connectRedis() }
+            readNotifications()
+            if needsFetch && postgres != nil && redis != nil && !stopping {
+                processPending()
+            }
+            if monotonicNanoseconds() >= nextSummaryAt { logSummary() }
+            if stopping { break }
+            waitForWork()
+        }
+        logSummary()
+        logger.info("worker stopped", metadata: [LogKey.events: "\(statistics.snapshot.eventsProcessed)"])
+        postgres = nil
+        eventLog = nil
+        redis = nil
+        invalidator = nil
+        statistics.update { $0.listening = false; $0.postgresUp = false; $0.redisUp = false }
+    }
+
+    // MARK: Connections
+
+    private func connectPostgres() {
+        do {
+            let connection = try PGConnection(conninfo: config.databaseURL)
+            let log = try EventLog(connection: connection, channel: config.channel)
+            // LISTEN before draining: an event committed between the two is then either in the
+            // drain or announced by a notification, never in neither.
+            try log.listen()
+            postgres = connection
+            eventLog = log
+            needsFetch = true
+            postgresBackoff.reset()
+            statistics.update { $0.postgresConnects += 1; $0.postgresUp = true; $0.listening = true }
+            let transition = postgresHealth.succeeded(now: monotonicNanoseconds())
+            if case .cameUp(let failures, let downFor)? = transition {
+                var metadata: Logger.Metadata = [LogKey.target: "\(connection.target)", LogKey.lagStart: "\(log.commitTimestamps ? "commit_timestamp" : "trigger_write_time")"]
+                if failures > 0 { metadata[LogKey.attempts] = "\(failures + 1)" }
+                if let downFor { metadata[LogKey.downSeconds] = "\(formatSeconds(downFor))" }
+                logger.info("postgres connected, listening", metadata: metadata)
+            }
+        } catch {
+            postgresFailed(error)
+        }
+    }
+
+    private func postgresFailed(_ error: PostgresError) {
+        postgres = nil
+        eventLog = nil
+        needsFetch = true
+        let now = monotonicNanoseconds()
+        let delay = postgresBackoff.nextDelay()
+        postgresRetryAt = now + delay
+        statistics.update { $0.postgresErrors += 1; $0.postgresUp = false; $0.listening = false }
+        if postgresHealth.failed(now: now) != nil {
+            logger.error("postgres unavailable, retrying with backoff; events wait in the log", metadata: [
+                LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
+        } else {
+            logger.debug("postgres still unavailable", metadata: [LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
+        }
+    }
+
+    private func connectRedis() {
+        do {
+            let address: RedisAddress
+            switch config.redis.address {
+            case .tcp(let host, let port): address = .tcp(host: host, port: port)
+            case .unix(let path): address = .unix(path: path)
+            }
+            let connection = try RedisConnection(address: address, timeoutMilliseconds: config.redisTimeoutMilliseconds)
+            try connection.handshake(username: config.redis.username, password: config.redis.password, database: config.redis.database)
+            redis = connection
+            invalidator = RedisInvalidator(connection: connection, deleteCommand: config.deleteCommand)
+            needsFetch = true
+            redisBackoff.reset()
+            statistics.update { $0.redisConnects += 1; $0.redisUp = true }
+            if case .cameUp(let failures, let downFor)? = redisHealth.succeeded(now: monotonicNanoseconds()) {
+                var metadata: Logger.Metadata = [LogKey.target: "\(config.redis)"]
+                if failures > 0 { metadata[LogKey.attempts] = "\(failures + 1)" }
+                if let downFor { metadata[LogKey.downSeconds] = "\(formatSeconds(downFor))" }
+                logger.info("redis connected", metadata: metadata)
+            }
+        } catch {
+            redisFailed(error)
+        }
+    }
+
+    private func redisFailed(_ error: RedisError) {
+        redis = nil
+        invalidator = nil
+        needsFetch = true
+        let now = monotonicNanoseconds()
+        let delay = redisBackoff.nextDelay()
+        redisRetryAt = now + delay
+        statistics.update { $0.redisErrors += 1; $0.redisUp = false }
+        if redisHealth.failed(now: now) != nil {
+            logger.error("redis unavailable, retrying with backoff; events wait in the log and are drained when it returns", metadata: [
+                LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
+        } else {
+            logger.debug("redis still unavailable", metadata: [LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
+        }
+    }
+
+    // MARK: Notifications
+
+    /// Reads every notification received so far. Runs even while Redis is down, so that the
+    /// server's notification queue never backs up behind this listener.
+    private func readNotifications() {
+        guard let postgres else { return }
+        do {
+            try postgres.consumeInput()
+        } catch {
+            postgresFailed(error)
+            return
+        }
+        for notification in postgres.notifications() {
+            handle(notification)
+        }
+    }
+
+    private func handle(_ notification: PGNotification) {
+        do {
+            let id = try NotificationPayload.parseEventID(notification.payload)
+            needsFetch = true
+            if !recentIDs.contains(id) { namedIDs.insert(id) }
+            if namedIDs.count > 100_000 {
+                // A flood of distinct ids: check them now rather than holding them without bound.
+                checkNamedIDs()
+            }
+        } catch {
+            statistics.update { $0.malformedNotifications += 1 }
+            logger.warning("ignored malformed notification", metadata: [
+                LogKey.reason: "\(error.reasonCode)",
+                LogKey.error: "\(error)",
+                LogKey.senderPID: "\(notification.senderPID)",
+            ])
+        }
+    }
+
+    // MARK: Processing
+
+    private func processPending() {
+        while !stopping {
+            guard let eventLog, let invalidator else { return }
+            let fetched: EventLog.Fetched
+            do {
+                fetched = try eventLog.fetchPending(limit: config.batchSize)
+            } catch {
+                postgresFailed(error)
+                return
+            }
+            if fetched.rowCount == 0 {
+                needsFetch = false
+                checkNamedIDs()
+                statistics.update { $0.initialDrainDone = true }
+                return
+            }
+            var plan = InvalidationPlan()
+            for event in fetched.events {
+                config.rules.apply(event, prefix: config.keyPrefix, to: &plan)
+            }
+            let outcome: RedisInvalidator.Outcome
+            do {
+                outcome = try invalidator.execute(plan)
+            } catch {
+                // Not acknowledged: the events stay pending and are retried after reconnecting.
+                redisFailed(error)
+                return
+            }
+            let confirmedAt = wallClockNanoseconds()
+            var ids = fetched.events.map(\.id)
+            for bad in fetched.undecodable {
+                logger.error("event payload cannot be decoded; acknowledged without deleting anything", metadata: [
+                    LogKey.event: "\(bad.id)", LogKey.kind: "\(bad.kind)", LogKey.error: "\(bad.error)"])
+                ids.append(bad.id)
+            }
+            do {
+                try eventLog.acknowledge(ids)
+            } catch {
+                // Deleted but not acknowledged: the events come back after reconnecting and are
+                // deleted again, which is harmless (at-least-once, deletions are idempotent).
+                postgresFailed(error)
+                return
+            }
+            record(fetched, plan: plan, outcome: outcome, confirmedAt: confirmedAt)
+            if fetched.rowCount < config.batchSize {
+                // Short batch: the log is drained for now. Another notification may already be
+                // waiting; the main loop reads it and comes back here.
+                needsFetch = false
+                checkNamedIDs()
+                statistics.update { $0.initialDrainDone = true }
+                return
+            }
+        }
+    }
+
+    private func record(_ fetched: EventLog.Fetched, plan: InvalidationPlan, outcome: RedisInvalidator.Outcome, confirmedAt: Int64) {
+        var byKind: [EventKind: UInt64] = [:]
+        var slow = 0
+        for event in fetched.events {
+            let lag = confirmedAt - event.startMicros * 1000
+            interval.record(lagNanoseconds: lag)
+            byKind[event.kind, default: 0] += 1
+            namedIDs.remove(event.id)
+            recentIDs.insert(event.id)
+            if lag > Int64(config.slowThresholdNanoseconds) {
+                slow += 1
+                logger.warning("slow invalidation", metadata: [
+                    LogKey.event: "\(event.id)", LogKey.kind: "\(event.kind.rawValue)",
+                    LogKey.lagMilliseconds: "\(formatMilliseconds(UInt64(lag)))",
+                    LogKey.thresholdMilliseconds: "\(formatMilliseconds(config.slowThresholdNanoseconds))"])
+            }
+            if logger.logLevel <= .debug {
+                let keys = config.rules.plan(for: event, prefix: config.keyPrefix)
+                logger.debug("event invalidated", metadata: [
+                    LogKey.event: "\(event.id)", LogKey.kind: "\(event.kind.rawValue)",
+                    LogKey.keys: "\(keys.keys.count)", LogKey.patterns: "\(keys.patterns.count)",
+                    LogKey.lagMilliseconds: "\(formatMilliseconds(UInt64(max(0, lag))))"])
+            }
+        }
+        interval.add(keys: plan.keys.count)
+        statistics.update { s in
+            s.eventsProcessed += UInt64(fetched.events.count)
+            for (kind, count) in byKind { s.eventsByKind[kind.rawValue, default: 0] += count }
+            s.keysDeleted += UInt64(plan.keys.count)
+            s.keysRemoved += UInt64(max(0, outcome.removed))
+            s.patternsScanned += UInt64(outcome.scanned)
+            s.undecodableEvents += UInt64(fetched.undecodable.count)
+            s.batches += 1
+            s.slowEvents += UInt64(slow)
+        }
+    }
+
+    /// Checks ids named by notifications but never fetched: the ones the log does not hold are
+    /// forged (NOTIFY is unauthenticated) and deleted nothing; they are logged and counted.
+    private func checkNamedIDs() {
+        guard !namedIDs.isEmpty, let eventLog else { return }
+        let ids = Array(namedIDs).sorted()
+        namedIDs.removeAll()
+        do {
+            let missing = try eventLog.missing(ids)
+            guard !missing.isEmpty else { return }
+            statistics.update { $0.forgedNotifications += UInt64(missing.count) }
+            logger.warning("notification named an event the log does not hold; nothing deleted", metadata: [
+                LogKey.event: "\(missing.prefix(10).map(String.init).joined(separator: ","))\(missing.count > 10 ? ",…" : "")",
+                LogKey.events: "\(missing.count)"])
+        } catch {
+            postgresFailed(error)
+        }
+    }
+
+    // MARK: Waiting and reporting
+
+    private func waitForWork() {
+        let now = monotonicNanoseconds()
+        var deadline = nextSummaryAt
+        if postgres == nil { deadline = min(deadline, postgresRetryAt) }
+        if redis == nil { deadline = min(deadline, redisRetryAt) }
+        // Work still pending (a full batch, or Redis just returned): do not sleep.
+        if needsFetch && postgres != nil && redis != nil { return }
+        var descriptors: [Int32] = []
+        if let postgres, postgres.socket >= 0 { descriptors.append(postgres.socket) }
+        _ = waitReadable(descriptors, wake: wake, timeoutNanoseconds: deadline > now ? deadline - now : 0)
+    }
+
+    private func logSummary() {
+        nextSummaryAt = monotonicNanoseconds() + config.summaryIntervalNanoseconds
+        var metadata: Logger.Metadata = [:]
+        if let eventLog {
+            do {
+                let backlog = try eventLog.backlog()
+                statistics.update { $0.backlog = backlog.pending; $0.oldestPendingAgeSeconds = backlog.oldestAgeSeconds }
+                metadata[LogKey.backlog] = "\(backlog.pending)"
+                metadata[LogKey.oldestAgeSeconds] = "\(String(format: "%.1f", backlog.oldestAgeSeconds))"
+                if backlog.unknownKind > 0 {
+                    metadata[LogKey.unknownKinds] = "\(backlog.unknownKind)"
+                    logger.error("events of a kind this worker does not know are waiting in the log; upgrade the worker to match the migrations", metadata: [LogKey.unknownKinds: "\(backlog.unknownKind)"])
+                }
+            } catch {
+                postgresFailed(error)
+                metadata[LogKey.backlog] = "unknown"
+            }
+        } else {
+            metadata[LogKey.backlog] = "unknown"
+        }
+        let summary = interval.summary
+        metadata[LogKey.events] = "\(summary.events)"
+        metadata[LogKey.keys] = "\(summary.keys)"
+        metadata[LogKey.p50] = "\(formatMilliseconds(summary.p50Nanoseconds))"
+        metadata[LogKey.p99] = "\(formatMilliseconds(summary.p99Nanoseconds))"
+        metadata[LogKey.max] = "\(formatMilliseconds(summary.maxNanoseconds))"
+        metadata[LogKey.postgres] = "\(postgres != nil ? "up" : "down")"
+        metadata[LogKey.redis] = "\(redis != nil ? "up" : "down")"
+        logger.info("lag summary", metadata: metadata)
+        interval.reset()
+    }
+
+    private func formatSeconds(_ nanoseconds: UInt64) -> String {
+        String(format: "%.1f", Double(nanoseconds) / 1e9)
+    }
+}
+
+/// A bounded set of recently processed event ids (oldest forgotten first).
+struct RecentIDs {
+    private var ring: [Int64]
+    private var set: Set<Int64> = []
+    private var next = 0
+
+    init(capacity: Int) {
+        ring = Array(repeating: 0, count: capacity)
+        set.reserveCapacity(capacity)
+    }
+
+    func contains(_ id: Int64) -> Bool { set.contains(id) }
+
+    mutating func insert(_ id: Int64) {
+        guard !set.contains(id) else { return }
+        let evicted = ring[next]
+        if evicted != 0 { set.remove(evicted) }
+        ring[next] = id
+        set.insert(id)
+        next = (next + 1) % ring.count
+    }
+}

@@ -1,0 +1,34 @@
+import InvalidationCore
+
+/// Everything the worker needs, resolved and validated: built by the command line from flags
+/// and environment variables, and by tests directly.
+public struct WorkerConfiguration: Sendable {
+    public enum DeleteCommand: String, Sendable, CaseIterable {
+        /// Frees memory in Redis's main thread: simple, fine for small values.
+        case del
+        /// Removes the key at once and frees the memory in the background: never stalls Redis on a large value.
+        case unlink
+
+        var argument: [UInt8] { Array(rawValue.uppercased().utf8) }
+    }
+
+    public var databaseURL: String
+    public var redis: RedisEndpoint
+    public var keyPrefix: String = "area51:"
+    public var rules: RuleSet = .defaults()
+    public var deleteCommand: DeleteCommand = .unlink
+    /// Events fetched and deleted per round trip; larger batches drain a backlog faster.
+    public var batchSize: Int = 1000
+    /// Events slower than this (commit to deletion) are logged at warning level.
+    public var slowThresholdNanoseconds: UInt64 = 100_000_000
+    public var summaryIntervalNanoseconds: UInt64 = 10_000_000_000
+    public var redisTimeoutMilliseconds: Int = 2000
+    public var reconnectInitialMilliseconds: UInt64 = 100
+    public var reconnectMaximumMilliseconds: UInt64 = 10_000
+    public var channel: String = "cache_invalidation"
+
+    public init(databaseURL: String, redis: RedisEndpoint) {
+        self.databaseURL = databaseURL
+        self.redis = redis
+    }
+}

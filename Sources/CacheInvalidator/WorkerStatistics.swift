@@ -1,0 +1,39 @@
+import InvalidationCore
+import Synchronization
+
+/// Counters and gauges the worker publishes, readable from any thread (tests, `/metrics`).
+public final class WorkerStatistics: Sendable {
+    public struct Snapshot: Sendable, Equatable {
+        public var eventsProcessed: UInt64 = 0
+        public var eventsByKind: [String: UInt64] = [:]
+        public var keysDeleted: UInt64 = 0
+        public var keysRemoved: UInt64 = 0
+        public var patternsScanned: UInt64 = 0
+        public var batches: UInt64 = 0
+        public var malformedNotifications: UInt64 = 0
+        public var forgedNotifications: UInt64 = 0
+        public var undecodableEvents: UInt64 = 0
+        public var postgresErrors: UInt64 = 0
+        public var redisErrors: UInt64 = 0
+        public var postgresConnects: UInt64 = 0
+        public var redisConnects: UInt64 = 0
+        public var postgresUp = false
+        public var redisUp = false
+        public var listening = false
+        public var backlog: Int64 = 0
+        public var oldestPendingAgeSeconds: Double = 0
+        public var slowEvents: UInt64 = 0
+        /// Set once the start-up drain finished: everything committed before start is handled.
+        public var initialDrainDone = false
+    }
+
+    private let state = Mutex(Snapshot())
+
+    public init() {}
+
+    public var snapshot: Snapshot { state.withLock { $0 } }
+
+    func update(_ body: (inout Snapshot) -> Void) {
+        state.withLock { body(&$0) }
+    }
+}

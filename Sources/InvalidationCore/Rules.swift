@@ -1,0 +1,103 @@
+import Foundation
+
+/// One line of a rule: a key (or a key pattern) to delete, and when it applies.
+public struct KeyRule: Sendable, Equatable {
+    public enum Target: Sendable, Equatable {
+        /// An exact key, sent to Redis as one binary-safe argument.
+        case key(KeyTemplate)
+        /// A `SCAN MATCH` glob; only its literal text may hold wildcards, payload values are escaped.
+        case pattern(KeyTemplate)
+    }
+
+    public var target: Target
+    /// Each named payload field must equal one of the listed values.
+    public var when: [String: [String]]
+    /// Each named payload field must be present (non-null, non-empty), in addition to the placeholders.
+    public var requires: [String]
+
+    public init(target: Target, when: [String: [String]] = [:], requires: [String] = []) {
+        self.target = target
+        self.when = when
+        self.requires = requires
+    }
+
+    func applies(to fields: [String: String]) -> Bool {
+        for name in requires where fields[name]?.isEmpty ?? true { return false }
+        for (name, allowed) in when {
+            guard let value = fields[name], allowed.contains(value) else { return false }
+        }
+        return true
+    }
+}
+
+/// The mapping from event kind to the keys it makes stale: data, not code, so ops can
+/// change it with a file (`--rules`) and a restart, no rebuild.
+public struct RuleSet: Sendable, Equatable {
+    public private(set) var rules: [EventKind: [KeyRule]]
+
+    public init(rules: [EventKind: [KeyRule]]) {
+        self.rules = rules
+    }
+
+    /// The rules the product ships with: the SPEC's table, embedded so a bare binary works.
+    public static func defaults() -> RuleSet {
+        // The embedded text is also shipped as rules/default-rules.json; a test keeps them equal.
+        do {
+            return try RulesLoader.parse(Data(DefaultRules.json.utf8), source: "built-in default rules")
+        } catch {
+            preconditionFailure("the built-in default rules do not load: \(error)")
+        }
+    }
+}
+
+/// What one batch of events asks of Redis, with the prefix applied and duplicates removed.
+public struct InvalidationPlan: Sendable, Equatable {
+    /// Exact keys, each once, in first-seen order.
+    public private(set) var keys: [String] = []
+    /// `SCAN MATCH` patterns, each once.
+    public private(set) var patterns: [String] = []
+    private var seenKeys: Set<String> = []
+    private var seenPatterns: Set<String> = []
+
+    public init() {}
+
+    public var isEmpty: Bool { keys.isEmpty && patterns.isEmpty }
+
+    public mutating func add(key: String) {
+        if seenKeys.insert(key).inserted { keys.append(key) }
+    }
+
+    public mutating func add(pattern: String) {
+        if seenPatterns.insert(pattern).inserted { patterns.append(pattern) }
+    }
+
+    public static func == (lhs: InvalidationPlan, rhs: InvalidationPlan) -> Bool {
+        lhs.keys == rhs.keys && lhs.patterns == rhs.patterns
+    }
+}
+
+extension RuleSet {
+    /// Adds the keys and patterns `event` makes stale to `plan`, under `prefix`.
+    ///
+    /// The prefix is escaped in patterns too, so a prefix containing `*` cannot widen a scan.
+    public func apply(_ event: InvalidationEvent, prefix: String, to plan: inout InvalidationPlan) {
+        guard let list = rules[event.kind] else { return }
+        for rule in list where rule.applies(to: event.fields) {
+            switch rule.target {
+            case .key(let template):
+                if let key = template.render(event.fields) { plan.add(key: prefix + key) }
+            case .pattern(let template):
+                if let pattern = template.render(event.fields, escapingValuesForGlob: true) {
+                    plan.add(pattern: GlobPattern.escape(prefix) + pattern)
+                }
+            }
+        }
+    }
+
+    /// The plan for a single event (for `replay --dry-run`, tests and debug logs).
+    public func plan(for event: InvalidationEvent, prefix: String) -> InvalidationPlan {
+        var plan = InvalidationPlan()
+        apply(event, prefix: prefix, to: &plan)
+        return plan
+    }
+}

@@ -1,0 +1,201 @@
+import CLibPQ
+import Glibc
+
+/// A notification received on a LISTENed channel.
+public struct PGNotification: Sendable, Equatable {
+    public var channel: String
+    public var payload: String
+    public var senderPID: Int32
+}
+
+/// The rows of a query result, copied out of libpq so the `PGresult` is freed at once.
+public struct PGRows: Sendable {
+    public var columns: [String]
+    public var rows: [[String?]]
+    /// Rows affected by INSERT/UPDATE/DELETE (PQcmdTuples), 0 otherwise.
+    public var affected: Int
+
+    public subscript(row: Int, column: Int) -> String? { rows[row][column] }
+}
+
+/// Host, port and database of a connection string, without user or password: safe to log.
+public struct ConnectionTarget: Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: String
+    public var database: String
+    public var user: String
+    public var description: String { "host=\(host) port=\(port) dbname=\(database) user=\(user)" }
+
+    /// Parses a libpq connection string or URL (`PQconninfoParse`) without connecting.
+    public static func parse(_ conninfo: String) throws(PostgresError) -> ConnectionTarget {
+        var errorMessage: UnsafeMutablePointer<CChar>? = nil
+        guard let options = PQconninfoParse(conninfo, &errorMessage) else {
+            let message = errorMessage.map { String(cString: $0) } ?? "out of memory"
+            if let errorMessage { PQfreemem(errorMessage) }
+            throw PostgresError(code: .invalidConnectionString, message: "DATABASE_URL is not a valid connection string: \(message)")
+        }
+        defer { PQconninfoFree(options) }
+        var values: [String: String] = [:]
+        var cursor = options
+        while let keyword = cursor.pointee.keyword {
+            if let value = cursor.pointee.val { values[String(cString: keyword)] = String(cString: value) }
+            cursor += 1
+        }
+        return ConnectionTarget(
+            host: values["host"] ?? values["hostaddr"] ?? "(default socket)",
+            port: values["port"] ?? "5432",
+            database: values["dbname"] ?? values["user"] ?? "(default)",
+            user: values["user"] ?? "(default)"
+        )
+    }
+}
+
+/// One libpq connection, owned: `PQfinish` runs exactly once, in `deinit`.
+///
+/// Not thread-safe and not `Sendable`: a connection lives on the worker's own thread. Every
+/// call may block on the network, so none of this may run on Swift's cooperative pool.
+public final class PGConnection {
+    private let conn: OpaquePointer
+    public let target: ConnectionTarget
+
+    /// Connection parameters applied unless the connection string sets them: a bounded
+    /// connect, TCP keepalives and a user timeout so a half-open connection is noticed
+    /// within seconds instead of hours.
+    public static let defaultParameters: [(String, String)] = [
+        ("connect_timeout", "5"),
+        ("keepalives", "1"),
+        ("keepalives_idle", "5"),
+        ("keepalives_interval", "2"),
+        ("keepalives_count", "3"),
+        ("tcp_user_timeout", "10000"),
+    ]
+
+    /// Connects (blocking, bounded by `connect_timeout`).
+    public init(conninfo: String, applicationName: String = "cache-invalidator") throws(PostgresError) {
+        let target = try ConnectionTarget.parse(conninfo)
+        // Defaults come first and the URL (expanded from "dbname") after it, so that whatever
+        // the operator wrote in DATABASE_URL wins over our defaults.
+        var pairs = PGConnection.defaultParameters
+        pairs.append(("application_name", applicationName))
+        pairs.append(("dbname", conninfo))
+        let keywords = pairs.map { strdup($0.0) }
+        let values = pairs.map { strdup($0.1) }
+        defer {
+            keywords.forEach { free($0) }
+            values.forEach { free($0) }
+        }
+        var keywordPointers: [UnsafePointer<CChar>?] = keywords.map { UnsafePointer($0) }
+        var valuePointers: [UnsafePointer<CChar>?] = values.map { UnsafePointer($0) }
+        keywordPointers.append(nil)
+        valuePointers.append(nil)
+        let raw: OpaquePointer? = PQconnectdbParams(keywordPointers, valuePointers, 1)
+        guard let raw else {
+            throw PostgresError(code: .connectionFailed, message: "out of memory", target: target.description)
+        }
+        if PQstatus(raw) != CONNECTION_OK {
+            let message = String(cString: PQerrorMessage(raw))
+            PQfinish(raw)
+            throw PostgresError(code: .connectionFailed, message: message, target: target.description)
+        }
+        // libpq prints server NOTICEs to stderr by default ("relation already exists, skipping"),
+        // which would bypass the structured log; they carry nothing an operator needs.
+        PQsetNoticeProcessor(raw, { _, _ in }, nil)
+        self.conn = raw
+        self.target = target
+    }
+
+    deinit { PQfinish(conn) }
+
+    /// The socket to `poll` for readability (notifications, server messages).
+    public var socket: Int32 { PQsocket(conn) }
+
+    public var isHealthy: Bool { PQstatus(conn) == CONNECTION_OK }
+
+    /// The server's process id for this connection (for `pg_terminate_backend` in tests and ops).
+    public var backendPID: Int32 { PQbackendPID(conn) }
+
+    /// Runs one or more statements with the simple query protocol (migrations, LISTEN).
+    /// Returns the rows of the last statement.
+    @discardableResult
+    public func execute(_ sql: String) throws(PostgresError) -> PGRows {
+        guard let result = PQexec(conn, sql) else { throw lostOrFailed(nil) }
+        // Multi-statement strings return only the last result; earlier failures abort the rest.
+        return try consume(result)
+    }
+
+    /// Runs one statement with parameters sent separately from the SQL text (never formatted in).
+    @discardableResult
+    public func execute(_ sql: String, _ parameters: [String?]) throws(PostgresError) -> PGRows {
+        let cStrings: [UnsafeMutablePointer<CChar>?] = parameters.map { $0.map { strdup($0) } ?? nil }
+        defer { cStrings.forEach { free($0) } }
+        let values: [UnsafePointer<CChar>?] = cStrings.map { $0.map { UnsafePointer($0) } }
+        let result: OpaquePointer? = PQexecParams(conn, sql, Int32(parameters.count), nil, values, nil, nil, 0)
+        guard let result else { throw lostOrFailed(nil) }
+        return try consume(result)
+    }
+
+    /// Reads whatever the server sent (non-blocking) so that `notifications()` sees it.
+    public func consumeInput() throws(PostgresError) {
+        if PQconsumeInput(conn) == 0 { throw lostOrFailed(nil) }
+    }
+
+    /// Notifications received so far; each `PGnotify` is freed as it is copied.
+    public func notifications() -> [PGNotification] {
+        var received: [PGNotification] = []
+        while let notify = PQnotifies(conn) {
+            received.append(PGNotification(
+                channel: String(cString: notify.pointee.relname),
+                payload: String(cString: notify.pointee.extra),
+                senderPID: notify.pointee.be_pid
+            ))
+            PQfreemem(notify)
+        }
+        return received
+    }
+
+    /// Quotes an identifier (a channel name) for use in SQL text.
+    public func escapeIdentifier(_ identifier: String) throws(PostgresError) -> String {
+        guard let escaped = PQescapeIdentifier(conn, identifier, identifier.utf8.count) else {
+            throw PostgresError(code: .queryFailed, message: String(cString: PQerrorMessage(conn)), target: target.description)
+        }
+        defer { PQfreemem(escaped) }
+        return String(cString: escaped)
+    }
+
+    private func consume(_ result: OpaquePointer) throws(PostgresError) -> PGRows {
+        defer { PQclear(result) }
+        switch PQresultStatus(result) {
+        case PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY:
+            let columnCount = Int(PQnfields(result))
+            let rowCount = Int(PQntuples(result))
+            var columns: [String] = []
+            columns.reserveCapacity(columnCount)
+            for c in 0..<columnCount { columns.append(String(cString: PQfname(result, Int32(c)))) }
+            var rows: [[String?]] = []
+            rows.reserveCapacity(rowCount)
+            for r in 0..<rowCount {
+                var row: [String?] = []
+                row.reserveCapacity(columnCount)
+                for c in 0..<columnCount {
+                    if PQgetisnull(result, Int32(r), Int32(c)) != 0 {
+                        row.append(nil)
+                    } else {
+                        row.append(String(cString: PQgetvalue(result, Int32(r), Int32(c))))
+                    }
+                }
+                rows.append(row)
+            }
+            let affected = Int(String(cString: PQcmdTuples(result))) ?? 0
+            return PGRows(columns: columns, rows: rows, affected: affected)
+        default:
+            throw lostOrFailed(result)
+        }
+    }
+
+    private func lostOrFailed(_ result: OpaquePointer?) -> PostgresError {
+        let sqlState = result.flatMap { PQresultErrorField($0, Int32(UInt8(ascii: "C"))) }.map { String(cString: $0) }
+        let message = result.map { String(cString: PQresultErrorMessage($0)) } ?? String(cString: PQerrorMessage(conn))
+        let lost = PQstatus(conn) != CONNECTION_OK || sqlState?.hasPrefix("08") == true || sqlState == "57P01" || sqlState == "57P02" || sqlState == "57P03"
+        return PostgresError(code: lost ? .connectionLost : .queryFailed, message: message.isEmpty ? "no result from server" : message, sqlState: sqlState, target: target.description)
+    }
+}

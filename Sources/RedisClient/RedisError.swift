@@ -1,0 +1,44 @@
+/// A failure talking to Redis, with hiredis's or the server's message and no secrets in it.
+public struct RedisError: Error, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        /// The server could not be reached.
+        case connectionFailed
+        /// The connection broke or timed out mid-command; the context must be discarded.
+        case connectionLost
+        /// AUTH or SELECT was refused.
+        case authenticationFailed
+        /// The server answered a command with an error (NOPERM, READONLY, OOM...).
+        case commandFailed
+        /// The server's answer did not have the expected shape.
+        case unexpectedReply
+    }
+
+    public var code: Code
+    public var message: String
+    public var target: String?
+
+    public init(code: Code, message: String, target: String? = nil) {
+        self.code = code
+        self.message = message
+        self.target = target
+    }
+
+    public var description: String {
+        var text = "redis \(code.rawValue)"
+        if let target { text += " (\(target))" }
+        text += ": \(message)"
+        if let hint { text += " — \(hint)" }
+        return text
+    }
+
+    /// What an operator should do about it.
+    public var hint: String? {
+        switch code {
+        case .connectionFailed: return "check that Redis is running and REDIS_URL's host and port are right"
+        case .authenticationFailed: return "check the user and password in REDIS_URL against the server's ACL (deploy/redis/users.acl)"
+        case .commandFailed where message.hasPrefix("NOPERM"):
+            return "the Redis user may not run this command or touch this key; see deploy/redis/users.acl"
+        default: return nil
+        }
+    }
+}

@@ -1,0 +1,94 @@
+import ArgumentParser
+import CacheInvalidator
+import Dispatch
+import Foundation
+import Glibc
+import Logging
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the worker: LISTEN for committed changes, delete their cache keys, log the lag.",
+        discussion: """
+            Starts by draining every event the log holds unacknowledged (changes committed while no
+            worker ran), then follows notifications. Reconnects to Postgres and Redis with capped
+            exponential backoff; events wait in the log meanwhile. SIGTERM or SIGINT finishes the
+            batch in flight, acknowledges it and exits 0.
+
+            Example:
+              DATABASE_URL=postgres://worker:secret@db/app REDIS_URL=redis://cache:6379 cache-invalidator run
+            """)
+
+    @Option(help: ArgumentHelp("\(Setting.databaseURL.help) [env: DATABASE_URL]", valueName: "url"))
+    var databaseURL: String?
+    @Option(help: ArgumentHelp("\(Setting.redisURL.help) [env: REDIS_URL, default: redis://127.0.0.1:6379/0]", valueName: "url"))
+    var redisURL: String?
+    @Option(help: ArgumentHelp("\(Setting.keyPrefix.help) [env: KEY_PREFIX, default: area51:]", valueName: "prefix"))
+    var keyPrefix: String?
+    @Option(help: ArgumentHelp("\(Setting.rules.help) [env: RULES]", valueName: "file"))
+    var rules: String?
+    @Option(help: ArgumentHelp("\(Setting.deleteCommand.help) [env: DELETE_COMMAND, default: unlink]", valueName: "del|unlink"))
+    var deleteCommand: String?
+    @Option(help: ArgumentHelp("\(Setting.batchSize.help) [env: BATCH_SIZE, default: 1000]", valueName: "n"))
+    var batchSize: String?
+    @Option(help: ArgumentHelp("\(Setting.slowThreshold.help) [env: SLOW_THRESHOLD, default: 100ms]", valueName: "duration"))
+    var slowThreshold: String?
+    @Option(help: ArgumentHelp("\(Setting.summaryInterval.help) [env: SUMMARY_INTERVAL, default: 10s]", valueName: "duration"))
+    var summaryInterval: String?
+    @Option(help: ArgumentHelp("\(Setting.redisTimeout.help) [env: REDIS_TIMEOUT, default: 2s]", valueName: "duration"))
+    var redisTimeout: String?
+    @Option(help: ArgumentHelp("\(Setting.reconnectMax.help) [env: RECONNECT_MAX, default: 10s]", valueName: "duration"))
+    var reconnectMax: String?
+    @OptionGroup var logging: LoggingOptions
+
+    func run() throws {
+        var flags = logging.flags
+        flags[.databaseURL] = databaseURL
+        flags[.redisURL] = redisURL
+        flags[.keyPrefix] = keyPrefix
+        flags[.rules] = rules
+        flags[.deleteCommand] = deleteCommand
+        flags[.batchSize] = batchSize
+        flags[.slowThreshold] = slowThreshold
+        flags[.summaryInterval] = summaryInterval
+        flags[.redisTimeout] = redisTimeout
+        flags[.reconnectMax] = reconnectMax
+        let resolver = SettingsResolver(flags: flags)
+        let configuration: WorkerConfiguration
+        let logger: Logger
+        do {
+            logger = try bootstrapLogging(resolver)
+            configuration = try resolver.workerConfiguration()
+        } catch {
+            fail(error)
+        }
+
+        let handle = WorkerHandle.start(configuration: configuration, logger: logger)
+        // Signals arrive on a dispatch queue, never in the middle of a libpq call; the first asks
+        // for a graceful stop, a second one exits at once.
+        let signalQueue = DispatchQueue(label: "signals")
+        var sources: [DispatchSourceSignal] = []
+        let received = SignalCount()
+        for signalNumber in [SIGTERM, SIGINT] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: signalQueue)
+            source.setEventHandler {
+                if received.increment() > 1 {
+                    logger.warning("second signal, exiting without finishing the batch in flight (it will be redone)")
+                    Glibc.exit(130)
+                }
+                logger.info("signal received, finishing the batch in flight", metadata: ["signal": "\(signalNumber == SIGTERM ? "SIGTERM" : "SIGINT")"])
+                handle.stop()
+            }
+            source.resume()
+            sources.append(source)
+        }
+        handle.wait()
+        withExtendedLifetime(sources) {}
+    }
+}
+
+/// Counts termination signals (touched only on the signal queue).
+final class SignalCount: @unchecked Sendable {
+    private var count = 0
+    func increment() -> Int { count += 1; return count }
+}

@@ -1,0 +1,147 @@
+import CacheInvalidator
+import Foundation
+import Glibc
+import InvalidationCore
+import Logging
+import PostgresClient
+import RedisClient
+import Testing
+
+/// One test's world: a fresh database with the migrations applied, a key prefix of its own in
+/// the shared Redis, an in-process worker whose log lines are captured, and helpers to write as
+/// the bot and to look at Redis.
+final class Harness {
+    let servers: TestServers
+    let databaseName: String
+    let databaseURL: String
+    /// The bot's connection (superuser on the test server).
+    let db: PGConnection
+    let redis: RedisConnection
+    let prefix: String
+    let logs = LogSink(capturing: true)
+    private(set) var worker: WorkerHandle?
+
+    static let repositoryRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        while url.path != "/" {
+            url.deleteLastPathComponent()
+            if FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) { return url.path }
+        }
+        return FileManager.default.currentDirectoryPath
+    }()
+
+    static var migrationsDirectory: String { repositoryRoot + "/migrations" }
+
+    init(migrate: Bool = true) throws {
+        servers = try TestServers.get()
+        databaseName = try servers.makeDatabase()
+        databaseURL = servers.postgresURL(database: databaseName)
+        db = try PGConnection(conninfo: databaseURL, applicationName: "test-bot")
+        redis = try servers.redisConnection()
+        prefix = "\(databaseName):"
+        if migrate {
+            _ = try Migrator(connection: db, directory: Harness.migrationsDirectory, logger: quietLogger()).up()
+        }
+    }
+
+    deinit {
+        worker?.stop()
+        _ = worker?.wait(seconds: 10)
+    }
+
+    func quietLogger() -> Logger {
+        Logger(label: "test-migrate") { _ in
+            var handler = LogfmtLogHandler(format: .logfmt, sink: LogSink(capturing: true))
+            handler.logLevel = .error
+            return handler
+        }
+    }
+
+    func configuration() -> WorkerConfiguration {
+        var config = WorkerConfiguration(databaseURL: databaseURL, redis: try! RedisEndpoint.parse(servers.redisURL))
+        config.keyPrefix = prefix
+        config.reconnectInitialMilliseconds = 20
+        config.reconnectMaximumMilliseconds = 500
+        return config
+    }
+
+    @discardableResult
+    func startWorker(_ configure: (inout WorkerConfiguration) -> Void = { _ in }) -> WorkerHandle {
+        var config = configuration()
+        configure(&config)
+        let sink = logs
+        let logger = Logger(label: "worker") { _ in
+            var handler = LogfmtLogHandler(format: .logfmt, sink: sink)
+            handler.logLevel = .debug
+            return handler
+        }
+        let handle = WorkerHandle.start(configuration: config, logger: logger)
+        worker = handle
+        return handle
+    }
+
+    func stopWorker() {
+        worker?.stop()
+        #expect(worker?.wait(seconds: 30) ?? true, "worker did not stop within 30 s")
+        worker = nil
+    }
+
+    // MARK: Postgres
+
+    @discardableResult
+    func sql(_ text: String, _ parameters: [String?] = []) throws -> PGRows {
+        parameters.isEmpty ? try db.execute(text) : try db.execute(text, parameters)
+    }
+
+    func count(_ text: String, _ parameters: [String?] = []) throws -> Int {
+        Int(try sql(text, parameters)[0, 0] ?? "0") ?? 0
+    }
+
+    var eventCount: Int { get throws { try count("SELECT count(*) FROM cache_invalidation.events") } }
+    var pendingCount: Int { get throws { try count("SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NULL") } }
+
+    /// Waits until the worker acknowledged every event in the log (an event is acknowledged only
+    /// after Redis confirmed its deletions, so its keys are gone by then).
+    func waitUntilProcessed(timeout: Double = 20) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try pendingCount == 0 { return }
+            usleep(2_000)
+        }
+        Issue.record("events still pending after \(timeout) s: \(try pendingCount); worker log tail:\n\(logs.captured.suffix(20).joined(separator: "\n"))")
+        throw HarnessError.timeout
+    }
+
+    /// Waits for a condition on the worker's statistics (e.g. a counter reaching a value).
+    func waitFor(_ what: String, timeout: Double = 20, _ condition: (WorkerStatistics.Snapshot) -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let snapshot = worker?.statistics.snapshot, condition(snapshot) { return }
+            usleep(2_000)
+        }
+        Issue.record("timed out waiting for \(what); worker log tail:\n\(logs.captured.suffix(20).joined(separator: "\n"))")
+        throw HarnessError.timeout
+    }
+
+    // MARK: Redis
+
+    /// Sets each key (relative to the prefix) to "cached".
+    func seed(_ keys: [String]) throws {
+        let commands = keys.map { [Array("SET".utf8), Array((prefix + $0).utf8), Array("cached".utf8)] }
+        for reply in try redis.pipeline(commands) { #expect(reply == .status("OK")) }
+    }
+
+    /// The keys (relative to the prefix) among `keys` that no longer exist.
+    func deleted(among keys: [String]) throws -> Set<String> {
+        let replies = try redis.pipeline(keys.map { [Array("EXISTS".utf8), Array((prefix + $0).utf8)] })
+        var gone: Set<String> = []
+        for (key, reply) in zip(keys, replies) where reply == .integer(0) { gone.insert(key) }
+        return gone
+    }
+
+    func exists(_ key: String) throws -> Bool {
+        try redis.command([Array("EXISTS".utf8), Array((prefix + key).utf8)]) == .integer(1)
+    }
+
+    enum HarnessError: Error { case timeout }
+}
