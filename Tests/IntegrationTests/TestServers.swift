@@ -105,6 +105,31 @@ final class TestServers: Sendable {
         throw TestServerError(description: "redis-server did not answer PING on port \(redisPort); see \(directory)/redis.log")
     }
 
+    /// A Redis of its own for a test that stops and restarts it (the shared one serves every test).
+    func startExtraRedis(port: Int? = nil) throws -> Int {
+        let port = port ?? TestServers.freePort()
+        let arguments = ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory,
+                         "--logfile", directory + "/redis-\(port).log", "--daemonize", "yes", "--pidfile", directory + "/redis-\(port).pid"]
+        let status = try TestServers.spawnAndWait(TestServers.which("redis-server") ?? "/usr/bin/redis-server", arguments, outputPath: directory + "/redis-start.log")
+        guard status == 0 else { throw TestServerError(description: "redis-server on \(port) exited \(status)") }
+        for _ in 0..<200 {
+            if let connection = try? RedisConnection(address: .tcp(host: "127.0.0.1", port: port)),
+               (try? connection.command([Array("PING".utf8)])) == .status("PONG") {
+                return port
+            }
+            usleep(25_000)
+        }
+        throw TestServerError(description: "extra redis-server did not answer on \(port)")
+    }
+
+    func stopExtraRedis(port: Int) {
+        if let connection = try? RedisConnection(address: .tcp(host: "127.0.0.1", port: port)) {
+            _ = try? connection.command([Array("SHUTDOWN".utf8), Array("NOSAVE".utf8)])
+        }
+        for _ in 0..<200 where (try? RedisConnection(address: .tcp(host: "127.0.0.1", port: port))) != nil { usleep(25_000) }
+    }
+
+
     func redisConnection() throws -> RedisConnection {
         try RedisConnection(address: .tcp(host: "127.0.0.1", port: redisPort))
     }
@@ -210,9 +235,11 @@ final class TestServers: Sendable {
             } else {
                 _ = try? TestServers.spawnAndWait(pgctl[0], Array(pgctl.dropFirst()), outputPath: "/dev/null")
             }
-            if let pidText = try? String(contentsOfFile: directory + "/redis.pid", encoding: .utf8),
-               let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) {
-                kill(pid, SIGKILL)
+            for file in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where file.hasPrefix("redis") && file.hasSuffix(".pid") {
+                if let pidText = try? String(contentsOfFile: directory + "/" + file, encoding: .utf8),
+                   let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                    kill(pid, SIGKILL)
+                }
             }
             try? FileManager.default.removeItem(atPath: directory)
         }
