@@ -1,4 +1,5 @@
 import CLibPQ
+import Foundation
 import Glibc
 
 /// A notification received on a LISTENed channel.
@@ -32,7 +33,8 @@ public struct ConnectionTarget: Sendable, CustomStringConvertible {
         guard let options = PQconninfoParse(conninfo, &errorMessage) else {
             let message = errorMessage.map { String(cString: $0) } ?? "out of memory"
             if let errorMessage { PQfreemem(errorMessage) }
-            throw PostgresError(code: .invalidConnectionString, message: "DATABASE_URL is not a valid connection string: \(message)")
+            // libpq quotes the offending token, which may be part of the password.
+            throw PostgresError(code: .invalidConnectionString, message: "DATABASE_URL is not a valid connection string: \(Secrets.redact(message, in: conninfo))")
         }
         defer { PQconninfoFree(options) }
         var values: [String: String] = [:]
@@ -40,6 +42,19 @@ public struct ConnectionTarget: Sendable, CustomStringConvertible {
         while let keyword = cursor.pointee.keyword {
             if let value = cursor.pointee.val { values[String(cString: keyword)] = String(cString: value) }
             cursor += 1
+        }
+        // PQconninfoParse checks keywords, not values; a typo here would otherwise make the
+        // worker retry a connection that can never succeed instead of refusing to start.
+        if let port = values["port"], !port.isEmpty {
+            for part in port.split(separator: ",", omittingEmptySubsequences: false) {
+                guard let number = Int(part), (1...65535).contains(number) else {
+                    throw PostgresError(code: .invalidConnectionString, message: "DATABASE_URL has port \(Secrets.redact(String(part), in: conninfo).debugDescription); expected a number from 1 to 65535")
+                }
+            }
+        }
+        let sslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+        if let mode = values["sslmode"], !sslModes.contains(mode) {
+            throw PostgresError(code: .invalidConnectionString, message: "DATABASE_URL has sslmode \(mode.debugDescription); expected one of \(sslModes.joined(separator: ", "))")
         }
         return ConnectionTarget(
             host: values["host"] ?? values["hostaddr"] ?? "(default socket)",
@@ -93,7 +108,7 @@ public final class PGConnection {
             throw PostgresError(code: .connectionFailed, message: "out of memory", target: target.description)
         }
         if PQstatus(raw) != CONNECTION_OK {
-            let message = String(cString: PQerrorMessage(raw))
+            let message = Secrets.redact(String(cString: PQerrorMessage(raw)), in: conninfo)
             PQfinish(raw)
             throw PostgresError(code: .connectionFailed, message: message, target: target.description)
         }
@@ -197,5 +212,48 @@ public final class PGConnection {
         let message = result.map { String(cString: PQresultErrorMessage($0)) } ?? String(cString: PQerrorMessage(conn))
         let lost = PQstatus(conn) != CONNECTION_OK || sqlState?.hasPrefix("08") == true || sqlState == "57P01" || sqlState == "57P02" || sqlState == "57P03"
         return PostgresError(code: lost ? .connectionLost : .queryFailed, message: message.isEmpty ? "no result from server" : message, sqlState: sqlState, target: target.description)
+    }
+}
+
+/// Scrubs a connection string's password out of a message before it can reach a log.
+public enum Secrets {
+    /// Candidate secrets of a connection string: the URL's password and any `password=` value.
+    static func candidates(in conninfo: String) -> [String] {
+        var found: [String] = []
+        if let schemeEnd = conninfo.range(of: "://") {
+            let rest = conninfo[schemeEnd.upperBound...]
+            if let at = rest.lastIndex(of: "@") {
+                let userinfo = rest[..<at]
+                if let colon = userinfo.firstIndex(of: ":") {
+                    let password = String(userinfo[userinfo.index(after: colon)...])
+                    if !password.isEmpty { found.append(password) }
+                }
+            }
+            if let query = rest.firstIndex(of: "?") {
+                for pair in rest[rest.index(after: query)...].split(separator: "&") where pair.lowercased().hasPrefix("password=") {
+                    found.append(String(pair.dropFirst("password=".count)))
+                }
+            }
+        } else {
+            for word in conninfo.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }) where word.lowercased().hasPrefix("password=") {
+                found.append(String(word.dropFirst("password=".count)).trimmingCharacters(in: CharacterSet(charactersIn: "'")))
+            }
+        }
+        return found.filter { !$0.isEmpty }
+    }
+
+    /// `message` with every candidate secret of `conninfo` (and each of its halves, since
+    /// parsers quote fragments of a bad token) replaced by `***`.
+    public static func redact(_ message: String, in conninfo: String) -> String {
+        var text = message
+        for secret in candidates(in: conninfo).sorted(by: { $0.count > $1.count }) {
+            text = text.replacingOccurrences(of: secret, with: "***")
+            if secret.count >= 6 {
+                let half = secret.count / 2
+                text = text.replacingOccurrences(of: String(secret.prefix(half)), with: "***")
+                text = text.replacingOccurrences(of: String(secret.suffix(secret.count - half)), with: "***")
+            }
+        }
+        return text
     }
 }

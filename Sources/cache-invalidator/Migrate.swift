@@ -8,10 +8,7 @@ struct Migrate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Apply, roll back or list the SQL migrations (tracked, under an advisory lock).",
         discussion: """
-            The files under migrations/ are plain SQL: `psql -v ON_ERROR_STOP=1 -f FILE` applies them
-            the same way, and both record the version in public.cache_invalidator_schema_migrations.
-            Each file is one transaction with lock_timeout = 5s: on a busy table it fails fast
-            (SQLSTATE 55P03) instead of stalling the bot's writes; retry when the long transaction ends.
+            The files under migrations/ are plain SQL: `psql -v ON_ERROR_STOP=1 -f FILE` applies them the same way, and both record the version in public.cache_invalidator_schema_migrations. Each file is one transaction with lock_timeout = 5s: behind a long bot transaction it fails fast (SQLSTATE 55P03) instead of stalling the bot's writes; run it again when that transaction ends.
             """,
         subcommands: [Up.self, Down.self, Status.self],
         defaultSubcommand: Up.self)

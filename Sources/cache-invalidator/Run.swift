@@ -9,10 +9,9 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the worker: LISTEN for committed changes, delete their cache keys, log the lag.",
         discussion: """
-            Starts by draining every event the log holds unacknowledged (changes committed while no
-            worker ran), then follows notifications. Reconnects to Postgres and Redis with capped
-            exponential backoff; events wait in the log meanwhile. SIGTERM or SIGINT finishes the
-            batch in flight, acknowledges it and exits 0.
+            Starts by draining every event the log holds unacknowledged (changes committed while no worker ran), then follows notifications. Reconnects to Postgres and Redis with capped exponential backoff; events wait in the log meanwhile. SIGTERM or SIGINT finishes the batch in flight, acknowledges it and exits 0.
+
+            Every option can also be set by the environment variable shown in brackets; a flag wins over the environment. Durations take a unit: 250us, 100ms, 1.5s, 2m.
 
             Example:
               DATABASE_URL=postgres://worker:secret@db/app REDIS_URL=redis://cache:6379 cache-invalidator run

@@ -106,15 +106,15 @@ final class TestServers: Sendable {
     }
 
     /// A Redis of its own for a test that stops and restarts it (the shared one serves every test).
-    func startExtraRedis(port: Int? = nil) throws -> Int {
+    func startExtraRedis(port: Int? = nil, extraArguments: [String] = []) throws -> Int {
         let port = port ?? TestServers.freePort()
         let arguments = ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory,
-                         "--logfile", directory + "/redis-\(port).log", "--daemonize", "yes", "--pidfile", directory + "/redis-\(port).pid"]
+                         "--logfile", directory + "/redis-\(port).log", "--daemonize", "yes", "--pidfile", directory + "/redis-\(port).pid"] + extraArguments
         let status = try TestServers.spawnAndWait(TestServers.which("redis-server") ?? "/usr/bin/redis-server", arguments, outputPath: directory + "/redis-start.log")
         guard status == 0 else { throw TestServerError(description: "redis-server on \(port) exited \(status)") }
         for _ in 0..<200 {
             if let connection = try? RedisConnection(address: .tcp(host: "127.0.0.1", port: port)),
-               (try? connection.command([Array("PING".utf8)])) == .status("PONG") {
+               let pong = try? connection.command([Array("PING".utf8)]), pong == .status("PONG") || pong.isAuthError {
                 return port
             }
             usleep(25_000)
@@ -122,8 +122,9 @@ final class TestServers: Sendable {
         throw TestServerError(description: "extra redis-server did not answer on \(port)")
     }
 
-    func stopExtraRedis(port: Int) {
+    func stopExtraRedis(port: Int, password: String? = nil) {
         if let connection = try? RedisConnection(address: .tcp(host: "127.0.0.1", port: port)) {
+            if let password { try? connection.handshake(username: nil, password: password, database: 0) }
             _ = try? connection.command([Array("SHUTDOWN".utf8), Array("NOSAVE".utf8)])
         }
         for _ in 0..<200 where (try? RedisConnection(address: .tcp(host: "127.0.0.1", port: port))) != nil { usleep(25_000) }
@@ -244,4 +245,8 @@ final class TestServers: Sendable {
             try? FileManager.default.removeItem(atPath: directory)
         }
     }
+}
+
+extension RedisReply {
+    var isAuthError: Bool { if case .error(let message) = self { return message.hasPrefix("NOAUTH") } else { return false } }
 }

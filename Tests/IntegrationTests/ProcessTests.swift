@@ -1,0 +1,145 @@
+import Foundation
+import Glibc
+import Testing
+
+/// The executable as operators run it: configured by environment variables only, logging to
+/// stderr, stopping cleanly on SIGTERM, refusing bad configuration with exit code 2.
+@Suite("The cache-invalidator executable")
+struct ProcessTests {
+    /// The binary SwiftPM built beside this test bundle.
+    static var binary: String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("cache-invalidator").path
+    }
+
+    struct Outcome {
+        var status: Int32
+        var output: String
+    }
+
+    /// Runs the binary to completion with exactly `environment` (plus PATH).
+    static func run(_ arguments: [String], environment: [String: String]) throws -> Outcome {
+        let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("ci-\(UUID().uuidString).log").path
+        defer { unlink(outputPath) }
+        let env = environment.merging(["PATH": "/usr/bin:/bin"]) { a, _ in a }.map { "\($0.key)=\($0.value)" }
+        let pid = try TestServers.spawn(binary, arguments, outputPath: outputPath, environment: env)
+        // A command that should fail at once must not hang the suite if it starts working instead.
+        var status: Int32 = 0
+        let deadline = Date().addingTimeInterval(30)
+        while waitpid(pid, &status, WNOHANG) == 0 {
+            if Date() > deadline {
+                kill(pid, SIGKILL)
+                waitpid(pid, &status, 0)
+                Issue.record("cache-invalidator \(arguments) did not exit within 30 s")
+                break
+            }
+            usleep(10_000)
+        }
+        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return Outcome(status: code, output: (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
+    }
+
+    @Test func runsWithTwoVariablesStopsOnSigtermAndNeverLogsPasswords() throws {
+        let harness = try Harness()
+        let redisPassword = "redis-pa55-\(UUID().uuidString.prefix(8))"
+        let port = try harness.servers.startExtraRedis(extraArguments: ["--requirepass", redisPassword])
+        defer { harness.servers.stopExtraRedis(port: port, password: redisPassword) }
+        let postgresPassword = "pg-pa55-\(UUID().uuidString.prefix(8))"
+        let databaseURL = harness.servers.postgresURL(database: harness.databaseName, password: postgresPassword)
+        let redisURL = "redis://:\(redisPassword)@127.0.0.1:\(port)/0"
+
+        let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("ci-\(UUID().uuidString).log").path
+        defer { unlink(outputPath) }
+        let env = ["DATABASE_URL=\(databaseURL)", "REDIS_URL=\(redisURL)", "SUMMARY_INTERVAL=300ms", "LOG_LEVEL=debug", "PATH=/usr/bin:/bin"]
+        let pid = try TestServers.spawn(Self.binary, ["run"], outputPath: outputPath, environment: env)
+        var exited = false
+        defer { if !exited { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) } }
+
+        let redis = try harness.servers.redisConnectionWithPassword(port: port, password: redisPassword)
+        _ = try redis.command(["SET", "area51:tx:42:0xbin", "cached"].map { Array($0.utf8) })
+        try harness.sql(DeliveryTests.settledTrade(42, "0xbin"))
+        try harness.waitUntilProcessed()
+        #expect(try redis.command(["EXISTS", "area51:tx:42:0xbin"].map { Array($0.utf8) }) == .integer(0))
+
+        // Wait for a summary line that saw the event, then stop the way systemd does.
+        let deadline = Date().addingTimeInterval(15)
+        var log = ""
+        while Date() < deadline {
+            log = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+            if log.contains("msg=\"lag summary\"") && log.contains("events=1 ") { break }
+            usleep(50_000)
+        }
+        #expect(kill(pid, SIGTERM) == 0)
+        var status: Int32 = 0
+        let started = Date()
+        while waitpid(pid, &status, WNOHANG) == 0 && Date().timeIntervalSince(started) < 15 { usleep(20_000) }
+        exited = true
+        #expect((status & 0x7f) == 0 && (status >> 8) & 0xff == 0, "exit status \(status)")
+        log = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+        #expect(log.contains("msg=\"lag summary\""))
+        #expect(log.contains("msg=\"event invalidated\""), "debug level logs one line per event")
+        #expect(log.contains("msg=\"signal received, finishing the batch in flight\""))
+        #expect(log.contains("msg=\"worker stopped\""))
+        #expect(!log.contains(redisPassword), "the Redis password leaked into the log")
+        #expect(!log.contains(postgresPassword), "the Postgres password leaked into the log")
+        for line in log.split(separator: "\n") {
+            #expect(line.hasPrefix("ts=") && line.contains(" level="), "not a logfmt line: \(line)")
+        }
+    }
+
+    @Test(arguments: [
+        (["run"], [String: String](), "no database given: set DATABASE_URL"),
+        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h:5432/db", "REDIS_URL": "rediss://h:6380"], "hiredis 0.14 has no TLS"),
+        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h:5432/db", "REDIS_URL": "http://h"], "expected redis:// or unix://"),
+        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h:5432/db", "REDIS_URL": "redis://h:99999"], "port"),
+        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h:notaport/db"], "DATABASE_URL has port \"notaport\""),
+        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h/db?sslmode=requir"], "DATABASE_URL has sslmode \"requir\""),
+        (["run"], ["DATABASE_URL": "postgres://u:%zzSecret-Pw-123@h/db"], "DATABASE_URL is not a valid connection string"),
+        (["run"], ["DATABASE_URL": "host=h password=Secret-Pw-123 bogus=1"], "DATABASE_URL is not a valid connection string"),
+        (["run"], ["DATABASE_URL": "postgres://h/db", "BATCH_SIZE": "0"], "BATCH_SIZE is \"0\""),
+        (["run"], ["DATABASE_URL": "postgres://h/db", "SLOW_THRESHOLD": "fast"], "SLOW_THRESHOLD is \"fast\""),
+        (["run"], ["DATABASE_URL": "postgres://h/db", "DELETE_COMMAND": "flushall"], "expected del or unlink"),
+        (["run"], ["DATABASE_URL": "postgres://h/db", "LOG_LEVEL": "loud"], "LOG_LEVEL is \"loud\""),
+        (["run", "--rules", "/nonexistent/rules.json"], ["DATABASE_URL": "postgres://h/db"], "/nonexistent/rules.json: cannot be read"),
+    ] as [([String], [String: String], String)])
+    func badConfigurationIsRefusedClearly(_ arguments: [String], _ environment: [String: String], _ expected: String) throws {
+        let outcome = try Self.run(arguments, environment: environment)
+        #expect(outcome.status == 2, "exit status for \(environment): \(outcome.output)")
+        #expect(outcome.output.contains(expected), "\(outcome.output)")
+        #expect(!outcome.output.contains("Secret-Pw-123"), "password leaked: \(outcome.output)")
+        #expect(!outcome.output.contains("zzSecret"), "password fragment leaked: \(outcome.output)")
+    }
+
+    @Test func badRulesFileNamesTheFileThePlaceAndTheReason() throws {
+        let path = try writeRules(overriding: #""settings_changed": [ "user_settings:{telegram}" ]"#)
+        let outcome = try Self.run(["run", "--rules", path], environment: ["DATABASE_URL": "postgres://h/db"])
+        #expect(outcome.status == 2)
+        #expect(outcome.output.contains("rules file refused: \(path): events.settings_changed[0]: placeholder \"telegram\" is not a field of settings_changed"), "\(outcome.output)")
+        let broken = FileManager.default.temporaryDirectory.appendingPathComponent("broken-\(UUID().uuidString).json").path
+        try "{ \"events\": { \"trade_settled\": [ ".write(toFile: broken, atomically: true, encoding: .utf8)
+        let second = try Self.run(["run"], environment: ["DATABASE_URL": "postgres://h/db", "RULES": broken])
+        #expect(second.status == 2)
+        #expect(second.output.contains("\(broken): is not valid JSON"), "\(second.output)")
+    }
+
+    @Test func helpTeachesEveryVariable() throws {
+        let outcome = try Self.run(["run", "--help"], environment: [:])
+        #expect(outcome.status == 0)
+        // The help text is wrapped to the terminal width; compare with whitespace folded.
+        let folded = outcome.output.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        for variable in ["DATABASE_URL", "REDIS_URL", "KEY_PREFIX", "RULES", "DELETE_COMMAND", "BATCH_SIZE", "SLOW_THRESHOLD",
+                         "SUMMARY_INTERVAL", "REDIS_TIMEOUT", "RECONNECT_MAX", "LOG_LEVEL", "LOG_FORMAT"] {
+            #expect(folded.contains("env: \(variable)"), "--help does not mention \(variable)")
+        }
+    }
+}
+
+import RedisClient
+
+extension TestServers {
+    func redisConnectionWithPassword(port: Int, password: String) throws -> RedisConnection {
+        let connection = try RedisConnection(address: .tcp(host: "127.0.0.1", port: port))
+        try connection.handshake(username: nil, password: password, database: 0)
+        return connection
+    }
+}
