@@ -1,0 +1,45 @@
+import Foundation
+import PostgresClient
+import Testing
+
+/// deploy/postgres/roles.sql gives the worker exactly what it needs: it runs as that role, and
+/// that role can touch nothing of the bot's.
+@Suite("Least privilege")
+struct PrivilegeTests {
+    @Test func workerRunsAsTheRestrictedRoleWhichCanDoNothingElse() throws {
+        let harness = try Harness()
+        let rolesFile = Harness.repositoryRoot + "/deploy/postgres/roles.sql"
+        // The role is cluster-wide and other tests apply the file too: psql's own idempotence is under test.
+        for _ in 0..<2 {
+            let result = try MigrationTests.psql(harness.databaseURL, file: rolesFile)
+            #expect(result.status == 0, "\(result.output)")
+        }
+        let workerURL = harness.servers.postgresURL(database: harness.databaseName, user: "cache_invalidator")
+        harness.startWorker { $0.databaseURL = workerURL }
+        try harness.seed(["tx:9:0xrole", "user:9"])
+        try harness.sql(DeliveryTests.settledTrade(9, "0xrole"))
+        try harness.waitUntilProcessed()
+        #expect(try harness.deleted(among: ["tx:9:0xrole", "user:9"]) == ["tx:9:0xrole"])
+        harness.stopWorker()
+
+        let worker = try PGConnection(conninfo: workerURL)
+        let forbidden = [
+            "SELECT * FROM wallets",
+            "INSERT INTO trades (telegram_id, wallet_address, token_address, status) VALUES (1, 'x', 'y', 'confirmed')",
+            #"INSERT INTO cache_invalidation.events (kind, payload) VALUES ('table_truncated', '{"table":"wallets"}')"#,
+            #"SELECT cache_invalidation.emit('table_truncated', '{"table":"wallets"}')"#,
+            "UPDATE cache_invalidation.events SET payload = '{}'",
+            "DELETE FROM cache_invalidation.events",
+            "TRUNCATE trades",
+        ]
+        for statement in forbidden {
+            #expect {
+                try worker.execute(statement)
+            } throws: { error in
+                (error as? PostgresError)?.sqlState == "42501"
+            }
+        }
+        // What it needs still works.
+        #expect(try worker.execute("SELECT count(*) FROM cache_invalidation.events").rows.count == 1)
+    }
+}

@@ -1,0 +1,29 @@
+-- The worker's PostgreSQL role: it can LISTEN, read the event log and mark events
+-- processed, and nothing else. It cannot read or write the bot's tables, insert
+-- events, or call the functions that write events.
+--
+-- Apply after the migrations, as the owner of the cache_invalidation schema:
+--   psql -v ON_ERROR_STOP=1 -d app -f deploy/postgres/roles.sql
+-- then give the role a password without putting it in a file or shell history:
+--   psql -d app -c '\password cache_invalidator'
+-- Re-applying is harmless.
+BEGIN;
+SET LOCAL lock_timeout = '5s';
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cache_invalidator') THEN
+        CREATE ROLE cache_invalidator LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
+    END IF;
+END
+$$;
+
+-- LISTEN needs no grant. The worker reads pending events and writes only the
+-- acknowledgement column.
+GRANT USAGE ON SCHEMA cache_invalidation TO cache_invalidator;
+GRANT SELECT ON cache_invalidation.events TO cache_invalidator;
+GRANT UPDATE (processed_at) ON cache_invalidation.events TO cache_invalidator;
+-- For `check`-style verification of the triggers.
+GRANT SELECT ON cache_invalidation.expected_triggers TO cache_invalidator;
+
+COMMIT;
