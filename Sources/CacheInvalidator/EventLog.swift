@@ -15,6 +15,10 @@ struct EventLog {
     init(connection: PGConnection, channel: String) throws(PostgresError) {
         self.connection = connection
         self.channel = channel
+        // Bound every query: a DBA's open transaction holding the event log, or a lock queue
+        // behind an ALTER, must not freeze the worker (it could not stop, and a listener stuck
+        // inside a statement holds back the server's notification queue for every session).
+        try connection.execute("SET statement_timeout = '15s'; SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '60s'")
         let setting = try connection.execute("SELECT current_setting('track_commit_timestamp')")
         self.commitTimestamps = setting[0, 0] == "on"
         let start = commitTimestamps
@@ -42,6 +46,8 @@ struct EventLog {
         var events: [InvalidationEvent] = []
         /// Rows whose payload could not be decoded: acknowledged with nothing deleted, and logged.
         var undecodable: [(id: Int64, kind: String, error: PayloadError)] = []
+        /// Events with field values too large to be keys: processed without those fields, and logged.
+        var oversized: [(id: Int64, kind: String, fields: [String])] = []
         var rowCount = 0
     }
 
@@ -52,12 +58,18 @@ struct EventLog {
         fetched.events.reserveCapacity(rows.rows.count)
         for row in rows.rows {
             guard let idText = row[0], let id = Int64(idText), let kindName = row[1], let kind = EventKind(rawValue: kindName) else {
+                // Cannot happen (the query filters known kinds; ids are bigint), but a row skipped
+                // here would come back in every fetch forever.
+                if let id = row[0].flatMap({ Int64($0) }) {
+                    fetched.undecodable.append((id, row[1] ?? "", PayloadError(reason: "belongs to an event the worker cannot read")))
+                }
                 continue
             }
             let start = row[3].flatMap { Int64($0) } ?? 0
             do {
-                let fields = try EventPayload.decode(row[2] ?? "")
-                fetched.events.append(InvalidationEvent(id: id, kind: kind, fields: fields, startMicros: start))
+                let decoded = try EventPayload.decodeReportingOversized(row[2] ?? "")
+                fetched.events.append(InvalidationEvent(id: id, kind: kind, fields: decoded.fields, startMicros: start))
+                if !decoded.oversized.isEmpty { fetched.oversized.append((id, kindName, decoded.oversized)) }
             } catch {
                 fetched.undecodable.append((id, kindName, error))
             }

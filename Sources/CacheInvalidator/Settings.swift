@@ -76,7 +76,11 @@ public struct SettingsResolver {
 
     public func value(_ setting: Setting) -> String? {
         if let flag = flags[setting] { return flag }
-        if let env = environment[setting.environmentName], !env.isEmpty { return env }
+        if let env = environment[setting.environmentName] {
+            // An empty variable means "unset", except for the prefix, where a bot without a
+            // namespace sets KEY_PREFIX= on purpose and falling back to area51: would miss every key.
+            if !env.isEmpty || setting == .keyPrefix { return env }
+        }
         return setting.defaultValue
     }
 

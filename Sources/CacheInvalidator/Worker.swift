@@ -41,6 +41,8 @@ final class Worker {
     private var recentIDs = RecentIDs(capacity: 8192)
 
     private var interval = LagStatistics()
+    static let slowWarningsPerBatch = 10
+    private let debugEnabled: Bool
     private var nextSummaryAt: UInt64
 
     init(config: WorkerConfiguration, logger: Logger, statistics: WorkerStatistics, wake: WakeSignal, stopRequested: StopFlag) {
@@ -52,6 +54,7 @@ final class Worker {
         self.postgresBackoff = Backoff(initialMilliseconds: config.reconnectInitialMilliseconds, maximumMilliseconds: config.reconnectMaximumMilliseconds)
         self.redisBackoff = Backoff(initialMilliseconds: config.reconnectInitialMilliseconds, maximumMilliseconds: config.reconnectMaximumMilliseconds)
         self.nextSummaryAt = monotonicNanoseconds() + config.summaryIntervalNanoseconds
+        self.debugEnabled = logger.logLevel <= .debug
     }
 
     private var stopping: Bool { stopRequested.isSet }
@@ -86,6 +89,18 @@ final class Worker {
     }
 
     // MARK: Connections
+    //
+    // A connection counts as healthy only after a real round trip worked (a fetch for Postgres,
+    // a batch or a PING for Redis), not when it opens: a database without the migrations, a
+    // read-only Redis replica or a missing privilege accept the connection and fail the first
+    // command. Backoff is reset and "connected" logged only then, so such a failure backs off
+    // and logs once instead of reconnecting every 100 ms.
+
+    private var postgresVerified = false
+    private var redisVerified = false
+    /// A healthy Redis connection that drops (idle timeout, failover) is retried at once, once,
+    /// before backing off: the next event should not pay a backoff for a routine reconnect.
+    private var redisImmediateRetry = false
 
     private func connectPostgres() {
         do {
@@ -96,34 +111,42 @@ final class Worker {
             try log.listen()
             postgres = connection
             eventLog = log
+            postgresVerified = false
             needsFetch = true
-            postgresBackoff.reset()
             statistics.update { $0.postgresConnects += 1; $0.postgresUp = true; $0.listening = true }
-            let transition = postgresHealth.succeeded(now: monotonicNanoseconds())
-            if case .cameUp(let failures, let downFor)? = transition {
-                var metadata: Logger.Metadata = [LogKey.target: "\(connection.target)", LogKey.lagStart: "\(log.commitTimestamps ? "commit_timestamp" : "trigger_write_time")"]
-                if failures > 0 { metadata[LogKey.attempts] = "\(failures + 1)" }
-                if let downFor { metadata[LogKey.downSeconds] = "\(formatSeconds(downFor))" }
-                logger.info("postgres connected, listening", metadata: metadata)
-            }
+            logger.debug("postgres connection opened", metadata: [LogKey.target: "\(connection.target)"])
         } catch {
             postgresFailed(error)
+        }
+    }
+
+    private func postgresVerifiedNow() {
+        guard !postgresVerified, let postgres, let eventLog else { return }
+        postgresVerified = true
+        postgresBackoff.reset()
+        if case .cameUp(let failures, let downFor)? = postgresHealth.succeeded(now: monotonicNanoseconds()) {
+            var metadata: Logger.Metadata = [LogKey.target: "\(postgres.target)", LogKey.lagStart: "\(eventLog.commitTimestamps ? "commit_timestamp" : "trigger_write_time")"]
+            if failures > 0 { metadata[LogKey.attempts] = "\(failures + 1)" }
+            if let downFor { metadata[LogKey.downSeconds] = "\(formatSeconds(downFor))" }
+            logger.info("postgres connected, listening", metadata: metadata)
         }
     }
 
     private func postgresFailed(_ error: PostgresError) {
         postgres = nil
         eventLog = nil
+        postgresVerified = false
         needsFetch = true
         let now = monotonicNanoseconds()
         let delay = postgresBackoff.nextDelay()
         postgresRetryAt = now + delay
         statistics.update { $0.postgresErrors += 1; $0.postgresUp = false; $0.listening = false }
+        let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
         if postgresHealth.failed(now: now) != nil {
-            logger.error("postgres unavailable, retrying with backoff; events wait in the log", metadata: [
+            logger.error("\(what), retrying with backoff; events wait in the log", metadata: [
                 LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
         } else {
-            logger.debug("postgres still unavailable", metadata: [LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
+            logger.debug("postgres still failing", metadata: [LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
         }
     }
 
@@ -136,19 +159,36 @@ final class Worker {
             }
             let connection = try RedisConnection(address: address, timeoutMilliseconds: config.redisTimeoutMilliseconds)
             try connection.handshake(username: config.redis.username, password: config.redis.password, database: config.redis.database)
+            try ping(connection)
             redis = connection
             invalidator = RedisInvalidator(connection: connection, deleteCommand: config.deleteCommand)
+            redisVerified = false
             needsFetch = true
-            redisBackoff.reset()
             statistics.update { $0.redisConnects += 1; $0.redisUp = true }
-            if case .cameUp(let failures, let downFor)? = redisHealth.succeeded(now: monotonicNanoseconds()) {
-                var metadata: Logger.Metadata = [LogKey.target: "\(config.redis)"]
-                if failures > 0 { metadata[LogKey.attempts] = "\(failures + 1)" }
-                if let downFor { metadata[LogKey.downSeconds] = "\(formatSeconds(downFor))" }
-                logger.info("redis connected", metadata: metadata)
-            }
+            logger.debug("redis connection opened", metadata: [LogKey.target: "\(config.redis)"])
         } catch {
             redisFailed(error)
+        }
+    }
+
+    private func ping(_ connection: RedisConnection) throws(RedisError) {
+        let reply = try connection.command([Array("PING".utf8)])
+        guard reply == .status("PONG") else {
+            if case .error(let message) = reply { throw RedisError(code: .commandFailed, message: "PING: \(message)", target: "\(config.redis)") }
+            throw RedisError(code: .unexpectedReply, message: "PING answered \(reply)", target: "\(config.redis)")
+        }
+    }
+
+    private func redisVerifiedNow() {
+        guard !redisVerified, redis != nil else { return }
+        redisVerified = true
+        redisImmediateRetry = true
+        redisBackoff.reset()
+        if case .cameUp(let failures, let downFor)? = redisHealth.succeeded(now: monotonicNanoseconds()) {
+            var metadata: Logger.Metadata = [LogKey.target: "\(config.redis)"]
+            if failures > 0 { metadata[LogKey.attempts] = "\(failures + 1)" }
+            if let downFor { metadata[LogKey.downSeconds] = "\(formatSeconds(downFor))" }
+            logger.info("redis connected", metadata: metadata)
         }
     }
 
@@ -157,14 +197,24 @@ final class Worker {
         invalidator = nil
         needsFetch = true
         let now = monotonicNanoseconds()
+        if redisVerified && redisImmediateRetry && error.code == .connectionLost {
+            // A routine drop of a connection that worked: reconnect now, without backoff or alarm.
+            redisVerified = false
+            redisImmediateRetry = false
+            redisRetryAt = now
+            logger.info("redis connection dropped, reconnecting", metadata: [LogKey.error: "\(error)"])
+            return
+        }
+        redisVerified = false
         let delay = redisBackoff.nextDelay()
         redisRetryAt = now + delay
         statistics.update { $0.redisErrors += 1; $0.redisUp = false }
+        let what = error.code == .commandFailed ? "redis rejected the deletions" : "redis unavailable"
         if redisHealth.failed(now: now) != nil {
-            logger.error("redis unavailable, retrying with backoff; events wait in the log and are drained when it returns", metadata: [
+            logger.error("\(what), retrying with backoff; events wait in the log and are drained when it returns", metadata: [
                 LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
         } else {
-            logger.debug("redis still unavailable", metadata: [LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
+            logger.debug("redis still failing", metadata: [LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
         }
     }
 
@@ -216,7 +266,9 @@ final class Worker {
                 postgresFailed(error)
                 return
             }
+            postgresVerifiedNow()
             if fetched.rowCount == 0 {
+                redisVerifiedNow()
                 needsFetch = false
                 checkNamedIDs()
                 statistics.update { $0.initialDrainDone = true }
@@ -235,7 +287,13 @@ final class Worker {
                 return
             }
             let confirmedAt = wallClockNanoseconds()
+            redisVerifiedNow()
             var ids = fetched.events.map(\.id)
+            for big in fetched.oversized {
+                logger.error("event field too large to be a cache key; its other keys were deleted", metadata: [
+                    LogKey.event: "\(big.id)", LogKey.kind: "\(big.kind)", LogKey.reason: "\(big.fields.joined(separator: ","))",
+                    LogKey.error: "over \(EventPayload.maximumFieldBytes) bytes"])
+            }
             for bad in fetched.undecodable {
                 logger.error("event payload cannot be decoded; acknowledged without deleting anything", metadata: [
                     LogKey.event: "\(bad.id)", LogKey.kind: "\(bad.kind)", LogKey.error: "\(bad.error)"])
@@ -264,6 +322,7 @@ final class Worker {
     private func record(_ fetched: EventLog.Fetched, plan: InvalidationPlan, outcome: RedisInvalidator.Outcome, confirmedAt: Int64) {
         var byKind: [EventKind: UInt64] = [:]
         var slow = 0
+        var slowest: Int64 = 0
         for event in fetched.events {
             let lag = confirmedAt - event.startMicros * 1000
             interval.record(lagNanoseconds: lag)
@@ -272,18 +331,28 @@ final class Worker {
             recentIDs.insert(event.id)
             if lag > Int64(config.slowThresholdNanoseconds) {
                 slow += 1
+                slowest = max(slowest, lag)
+                // One line per slow event, but a drained backlog of 100,000 old events must not
+                // become 100,000 warnings: past the first few in a batch, one line counts the rest.
+                guard slow <= Self.slowWarningsPerBatch else { continue }
                 logger.warning("slow invalidation", metadata: [
                     LogKey.event: "\(event.id)", LogKey.kind: "\(event.kind.rawValue)",
                     LogKey.lagMilliseconds: "\(formatMilliseconds(UInt64(lag)))",
                     LogKey.thresholdMilliseconds: "\(formatMilliseconds(config.slowThresholdNanoseconds))"])
             }
-            if logger.logLevel <= .debug {
+            if debugEnabled {
                 let keys = config.rules.plan(for: event, prefix: config.keyPrefix)
                 logger.debug("event invalidated", metadata: [
                     LogKey.event: "\(event.id)", LogKey.kind: "\(event.kind.rawValue)",
                     LogKey.keys: "\(keys.keys.count)", LogKey.patterns: "\(keys.patterns.count)",
                     LogKey.lagMilliseconds: "\(formatMilliseconds(UInt64(max(0, lag))))"])
             }
+        }
+        if slow > Self.slowWarningsPerBatch {
+            logger.warning("more slow invalidations in this batch", metadata: [
+                LogKey.events: "\(slow - Self.slowWarningsPerBatch)",
+                LogKey.max: "\(formatMilliseconds(UInt64(slowest)))",
+                LogKey.thresholdMilliseconds: "\(formatMilliseconds(config.slowThresholdNanoseconds))"])
         }
         interval.add(keys: plan.keys.count)
         statistics.update { s in
@@ -319,6 +388,11 @@ final class Worker {
     // MARK: Waiting and reporting
 
     private func waitForWork() {
+        // PQexec reads everything up to ReadyForQuery, so notifications that arrived during the
+        // last query are already in libpq's queue and the socket is empty: poll would not wake.
+        if let postgres {
+            for notification in postgres.notifications() { handle(notification) }
+        }
         let now = monotonicNanoseconds()
         var deadline = nextSummaryAt
         if postgres == nil { deadline = min(deadline, postgresRetryAt) }
@@ -349,6 +423,10 @@ final class Worker {
             }
         } else {
             metadata[LogKey.backlog] = "unknown"
+        }
+        if let redis {
+            // An idle connection can be dead without anyone noticing; find out now, not at the next trade.
+            do { try ping(redis) } catch { redisFailed(error) }
         }
         let summary = interval.summary
         metadata[LogKey.events] = "\(summary.events)"

@@ -3,6 +3,7 @@ import Foundation
 /// Why an event's stored payload could not be decoded.
 public struct PayloadError: Error, Equatable, CustomStringConvertible {
     public var reason: String
+    public init(reason: String) { self.reason = reason }
     public var description: String { "event payload \(reason)" }
 }
 
@@ -12,15 +13,18 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
 /// migration may add numbers, so numbers and booleans are accepted as their text. Anything
 /// nested is refused: no rule can use it, and guessing a rendering would invent keys.
 public enum EventPayload {
-    /// Payloads beyond this size are refused rather than rendered into keys: no bot key is that
-    /// large, and a runaway row must not make the worker allocate without bound.
-    public static let maximumBytes = 1 << 20
+    /// Field values beyond this size are dropped (and reported) instead of rendered into keys:
+    /// no bot key is that large, and one runaway column must not cost the event's other keys.
+    public static let maximumFieldBytes = 64 << 10
 
+    /// The payload's fields; oversized values are silently dropped (see `decodeReportingOversized`).
     public static func decode(_ text: String) throws(PayloadError) -> [String: String] {
+        try decodeReportingOversized(text).fields
+    }
+
+    /// The payload's fields, and the names of fields dropped for exceeding `maximumFieldBytes`.
+    public static func decodeReportingOversized(_ text: String) throws(PayloadError) -> (fields: [String: String], oversized: [String]) {
         let data = Data(text.utf8)
-        guard data.count <= maximumBytes else {
-            throw PayloadError(reason: "is \(data.count) bytes, over the \(maximumBytes)-byte limit")
-        }
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
@@ -31,11 +35,14 @@ public enum EventPayload {
             throw PayloadError(reason: "is not a JSON object")
         }
         var fields: [String: String] = [:]
+        var oversized: [String] = []
         fields.reserveCapacity(dictionary.count)
         for (name, value) in dictionary {
             switch value {
             case is NSNull:
                 continue
+            case let string as String where string.utf8.count > maximumFieldBytes:
+                oversized.append(name)
             case let string as String:
                 if !string.isEmpty { fields[name] = string }
             case let number as NSNumber:
@@ -45,6 +52,6 @@ public enum EventPayload {
                 throw PayloadError(reason: "field \"\(name)\" is nested (only strings, numbers and null are allowed)")
             }
         }
-        return fields
+        return (fields, oversized.sorted())
     }
 }

@@ -24,7 +24,7 @@ public struct KeyRule: Sendable, Equatable {
     func applies(to fields: [String: String]) -> Bool {
         for name in requires where fields[name]?.isEmpty ?? true { return false }
         for (name, allowed) in when {
-            guard let value = fields[name], allowed.contains(value) else { return false }
+            guard let value = fields[name], allowed.contains(where: { $0.utf8.elementsEqual(value.utf8) }) else { return false }
         }
         return true
     }
@@ -56,23 +56,26 @@ public struct InvalidationPlan: Sendable, Equatable {
     public private(set) var keys: [String] = []
     /// `SCAN MATCH` patterns, each once.
     public private(set) var patterns: [String] = []
-    private var seenKeys: Set<String> = []
-    private var seenPatterns: Set<String> = []
+    // Bytes, not String: Swift's String equality is canonical equivalence, so "café" written
+    // with U+00E9 and with e + U+0301 would compare equal, yet they are two keys in Redis.
+    private var seenKeys: Set<[UInt8]> = []
+    private var seenPatterns: Set<[UInt8]> = []
 
     public init() {}
 
     public var isEmpty: Bool { keys.isEmpty && patterns.isEmpty }
 
     public mutating func add(key: String) {
-        if seenKeys.insert(key).inserted { keys.append(key) }
+        if seenKeys.insert(Array(key.utf8)).inserted { keys.append(key) }
     }
 
     public mutating func add(pattern: String) {
-        if seenPatterns.insert(pattern).inserted { patterns.append(pattern) }
+        if seenPatterns.insert(Array(pattern.utf8)).inserted { patterns.append(pattern) }
     }
 
     public static func == (lhs: InvalidationPlan, rhs: InvalidationPlan) -> Bool {
-        lhs.keys == rhs.keys && lhs.patterns == rhs.patterns
+        lhs.keys.map { Array($0.utf8) } == rhs.keys.map { Array($0.utf8) }
+            && lhs.patterns.map { Array($0.utf8) } == rhs.patterns.map { Array($0.utf8) }
     }
 }
 

@@ -31,7 +31,7 @@ public enum RulesLoader {
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
-            throw RulesError(source: path, place: "", reason: "cannot be read (\(describe(error))); check the path given to --rules / RULES_FILE")
+            throw RulesError(source: path, place: "", reason: "cannot be read (\(describe(error))); check the path given to --rules / RULES")
         }
         return try parse(data, source: path)
     }

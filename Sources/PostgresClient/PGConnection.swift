@@ -34,7 +34,7 @@ public struct ConnectionTarget: Sendable, CustomStringConvertible {
             let message = errorMessage.map { String(cString: $0) } ?? "out of memory"
             if let errorMessage { PQfreemem(errorMessage) }
             // libpq quotes the offending token, which may be part of the password.
-            throw PostgresError(code: .invalidConnectionString, message: "DATABASE_URL is not a valid connection string: \(Secrets.redact(message, in: conninfo))")
+            throw PostgresError(code: .invalidConnectionString, message: "DATABASE_URL is not a valid connection string: \(Secrets.redact(message, in: conninfo, includingFragments: true))")
         }
         defer { PQconninfoFree(options) }
         var values: [String: String] = [:]
@@ -93,6 +93,9 @@ public final class PGConnection {
         var pairs = PGConnection.defaultParameters
         pairs.append(("application_name", applicationName))
         pairs.append(("dbname", conninfo))
+        // After the URL, so nothing overrides it: keys are built from text, and a LATIN1
+        // database must still hand us UTF-8, or a non-ASCII address becomes another key.
+        pairs.append(("client_encoding", "UTF8"))
         let keywords = pairs.map { strdup($0.0) }
         let values = pairs.map { strdup($0.1) }
         defer {
@@ -242,13 +245,13 @@ public enum Secrets {
         return found.filter { !$0.isEmpty }
     }
 
-    /// `message` with every candidate secret of `conninfo` (and each of its halves, since
-    /// parsers quote fragments of a bad token) replaced by `***`.
-    public static func redact(_ message: String, in conninfo: String) -> String {
+    /// `message` with every candidate secret of `conninfo` replaced by `***`; with
+    /// `includingFragments`, each half of it too (a parse error quotes a fragment of a bad token).
+    public static func redact(_ message: String, in conninfo: String, includingFragments: Bool = false) -> String {
         var text = message
         for secret in candidates(in: conninfo).sorted(by: { $0.count > $1.count }) {
             text = text.replacingOccurrences(of: secret, with: "***")
-            if secret.count >= 6 {
+            if includingFragments && secret.count >= 6 {
                 let half = secret.count / 2
                 text = text.replacingOccurrences(of: String(secret.prefix(half)), with: "***")
                 text = text.replacingOccurrences(of: String(secret.suffix(secret.count - half)), with: "***")

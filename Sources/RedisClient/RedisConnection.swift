@@ -76,7 +76,11 @@ public final class RedisConnection {
             throw RedisError(code: .connectionFailed, message: message, target: address.description)
         }
         // The connect timeout does not cover commands; without this a stalled server blocks forever.
-        _ = redisSetTimeout(raw, tv)
+        guard redisSetTimeout(raw, tv) == REDIS_OK else {
+            let message = RedisConnection.errorString(raw)
+            redisFree(raw)
+            throw RedisError(code: .connectionFailed, message: "cannot set the command timeout: \(message)", target: address.description)
+        }
         if case .tcp = address { _ = redisEnableKeepAlive(raw) }
         self.context = raw
         self.address = address
@@ -97,7 +101,7 @@ public final class RedisConnection {
         }
         if database != 0 {
             if case .error(let message) = try command([Array("SELECT".utf8), Array(String(database).utf8)]) {
-                throw RedisError(code: .authenticationFailed, message: "SELECT \(database): \(message)", target: address.description)
+                throw RedisError(code: .commandFailed, message: "SELECT \(database) (the /db of REDIS_URL): \(message)", target: address.description)
             }
         }
     }

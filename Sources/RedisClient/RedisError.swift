@@ -35,9 +35,13 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
     public var hint: String? {
         switch code {
         case .connectionFailed: return "check that Redis is running and REDIS_URL's host and port are right"
-        case .authenticationFailed: return "check the user and password in REDIS_URL against the server's ACL (deploy/redis/users.acl)"
+        case .authenticationFailed: return "check the user and password in REDIS_URL against the server's users (ACL LIST)"
         case .commandFailed where message.hasPrefix("NOPERM"):
-            return "the Redis user may not run this command or touch this key; see deploy/redis/users.acl"
+            return "the Redis user may not run this command or touch this key: it needs UNLINK or DEL, SCAN and PING on keys under the prefix"
+        case .commandFailed where message.hasPrefix("READONLY"):
+            return "REDIS_URL points at a read-only replica; point it at the primary"
+        case .connectionLost where message.contains("Resource temporarily unavailable"):
+            return "no reply within REDIS_TIMEOUT; Redis is overloaded or the network drops packets"
         default: return nil
         }
     }

@@ -4,6 +4,7 @@ import Dispatch
 import Foundation
 import Glibc
 import Logging
+import Synchronization
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -61,33 +62,54 @@ struct Run: ParsableCommand {
             fail(error)
         }
 
-        let handle = WorkerHandle.start(configuration: configuration, logger: logger)
-        // Signals arrive on a dispatch queue, never in the middle of a libpq call; the first asks
-        // for a graceful stop, a second one exits at once.
+        // Signals are handled on a dispatch queue, never in the middle of a libpq call, and are
+        // in place before the worker starts so an early SIGTERM is not lost. The first asks for a
+        // graceful stop; a second one ends the process at once (the batch in flight is redone by
+        // the next start, which is harmless).
+        let stopper = Stopper()
         let signalQueue = DispatchQueue(label: "signals")
         var sources: [DispatchSourceSignal] = []
-        let received = SignalCount()
         for signalNumber in [SIGTERM, SIGINT] {
             signal(signalNumber, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: signalQueue)
+            let name = signalNumber == SIGTERM ? "SIGTERM" : "SIGINT"
             source.setEventHandler {
-                if received.increment() > 1 {
-                    logger.warning("second signal, exiting without finishing the batch in flight (it will be redone)")
-                    Glibc.exit(130)
+                if stopper.signalReceived() > 1 {
+                    logger.warning("second signal, exiting without finishing the batch in flight (it will be redone)", metadata: ["signal": "\(name)"])
+                    // _exit, not exit: atexit handlers must not run while the worker thread is inside libpq.
+                    _exit(128 + signalNumber)
                 }
-                logger.info("signal received, finishing the batch in flight", metadata: ["signal": "\(signalNumber == SIGTERM ? "SIGTERM" : "SIGINT")"])
-                handle.stop()
+                logger.info("signal received, finishing the batch in flight", metadata: ["signal": "\(name)"])
+                stopper.stop()
             }
             source.resume()
             sources.append(source)
         }
+        let handle = WorkerHandle.start(configuration: configuration, logger: logger)
+        stopper.attach(handle)
         handle.wait()
         withExtendedLifetime(sources) {}
     }
 }
 
-/// Counts termination signals (touched only on the signal queue).
-final class SignalCount: @unchecked Sendable {
-    private var count = 0
-    func increment() -> Int { count += 1; return count }
+/// Connects signal handlers to the worker, which may not exist yet when the first signal comes.
+final class Stopper: Sendable {
+    private struct State {
+        var signals = 0
+        var stopRequested = false
+        var handle: WorkerHandle?
+    }
+    private let state = Mutex(State())
+
+    func signalReceived() -> Int { state.withLock { $0.signals += 1; return $0.signals } }
+
+    func stop() {
+        let handle = state.withLock { $0.stopRequested = true; return $0.handle }
+        handle?.stop()
+    }
+
+    func attach(_ handle: WorkerHandle) {
+        let stopNow = state.withLock { $0.handle = handle; return $0.stopRequested }
+        if stopNow { handle.stop() }
+    }
 }
