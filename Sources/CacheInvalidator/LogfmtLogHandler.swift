@@ -74,27 +74,14 @@ public struct LogfmtLogHandler: LogHandler {
     /// Quotes a value when it is empty or holds a space, `=`, a quote or a control character.
     static func logfmtValue(_ value: String) -> String {
         let needsQuotes = value.isEmpty || value.unicodeScalars.contains { $0 == " " || $0 == "=" || $0 == "\"" || $0 == "\\" || $0.value < 0x20 || $0.value == 0x7F }
-        guard needsQuotes else { return value }
-        var out = "\""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 || scalar.value == 0x7F {
-                    out += String(format: "\\u%04x", scalar.value)
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
+        return needsQuotes ? quoted(value) : value
     }
 
-    static func jsonString(_ value: String) -> String {
+    static func jsonString(_ value: String) -> String { quoted(value) }
+
+    /// A double-quoted string with JSON escapes; logfmt readers accept the same escapes, and no
+    /// value (a hostile payload, an error text) can break a line in two.
+    static func quoted(_ value: String) -> String {
         var out = "\""
         for scalar in value.unicodeScalars {
             switch scalar {

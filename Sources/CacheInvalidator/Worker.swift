@@ -24,12 +24,8 @@ final class Worker {
     private var redis: RedisConnection?
     private var invalidator: RedisInvalidator?
 
-    private var postgresHealth = HealthTracker()
-    private var redisHealth = HealthTracker()
-    private var postgresBackoff: Backoff
-    private var redisBackoff: Backoff
-    private var postgresRetryAt: UInt64 = 0
-    private var redisRetryAt: UInt64 = 0
+    private var postgresPolicy: ReconnectPolicy
+    private var redisPolicy: ReconnectPolicy
 
     /// Pending work: set after a (re)connect (drain the log) or a valid notification.
     private var needsFetch = true
@@ -51,8 +47,9 @@ final class Worker {
         self.statistics = statistics
         self.wake = wake
         self.stopRequested = stopRequested
-        self.postgresBackoff = Backoff(initialMilliseconds: config.reconnectInitialMilliseconds, maximumMilliseconds: config.reconnectMaximumMilliseconds)
-        self.redisBackoff = Backoff(initialMilliseconds: config.reconnectInitialMilliseconds, maximumMilliseconds: config.reconnectMaximumMilliseconds)
+        let backoff = Backoff(initialMilliseconds: config.reconnectInitialMilliseconds, maximumMilliseconds: config.reconnectMaximumMilliseconds)
+        self.postgresPolicy = ReconnectPolicy(backoff: backoff)
+        self.redisPolicy = ReconnectPolicy(backoff: backoff)
         self.nextSummaryAt = monotonicNanoseconds() + config.summaryIntervalNanoseconds
         self.debugEnabled = logger.logLevel <= .debug
     }
@@ -69,8 +66,8 @@ final class Worker {
         ])
         while !stopping {
             let now = monotonicNanoseconds()
-            if postgres == nil && now >= postgresRetryAt { connectPostgres() }
-            if redis == nil && now >= redisRetryAt { connectRedis() }
+            if postgres == nil && postgresPolicy.mayConnect(now: now) { connectPostgres() }
+            if redis == nil && redisPolicy.mayConnect(now: now) { connectRedis() }
             readNotifications()
             if needsFetch && postgres != nil && redis != nil && !stopping {
                 processPending()
@@ -90,17 +87,8 @@ final class Worker {
 
     // MARK: Connections
     //
-    // A connection counts as healthy only after a real round trip worked (a fetch for Postgres,
-    // a batch or a PING for Redis), not when it opens: a database without the migrations, a
-    // read-only Redis replica or a missing privilege accept the connection and fail the first
-    // command. Backoff is reset and "connected" logged only then, so such a failure backs off
-    // and logs once instead of reconnecting every 100 ms.
-
-    private var postgresVerified = false
-    private var redisVerified = false
-    /// A healthy Redis connection that drops (idle timeout, failover) is retried at once, once,
-    /// before backing off: the next event should not pay a backoff for a routine reconnect.
-    private var redisImmediateRetry = false
+    // ReconnectPolicy decides when to retry and what is worth a log line; these functions only
+    // open connections and log what it says.
 
     private func connectPostgres() {
         do {
@@ -111,7 +99,7 @@ final class Worker {
             try log.listen()
             postgres = connection
             eventLog = log
-            postgresVerified = false
+            postgresPolicy.opened()
             needsFetch = true
             statistics.update { $0.postgresConnects += 1; $0.postgresUp = true; $0.listening = true }
             logger.debug("postgres connection opened", metadata: [LogKey.target: "\(connection.target)"])
@@ -120,14 +108,11 @@ final class Worker {
         }
     }
 
-    private func postgresVerifiedNow() {
-        guard !postgresVerified, let postgres, let eventLog else { return }
-        postgresVerified = true
-        postgresBackoff.reset()
-        if case .cameUp(let failures, let downFor)? = postgresHealth.succeeded(now: monotonicNanoseconds()) {
+    private func postgresRoundTripSucceeded() {
+        guard !postgresPolicy.verified, let postgres, let eventLog else { return }
+        if case .cameUp(let failures, let downFor)? = postgresPolicy.roundTripSucceeded(now: monotonicNanoseconds()) {
             var metadata: Logger.Metadata = [LogKey.target: "\(postgres.target)", LogKey.lagStart: "\(eventLog.commitTimestamps ? "commit_timestamp" : "trigger_write_time")"]
-            if failures > 0 { metadata[LogKey.attempts] = "\(failures + 1)" }
-            if let downFor { metadata[LogKey.downSeconds] = "\(formatSeconds(downFor))" }
+            addOutage(&metadata, failures: failures, downFor: downFor)
             logger.info("postgres connected, listening", metadata: metadata)
         }
     }
@@ -135,19 +120,11 @@ final class Worker {
     private func postgresFailed(_ error: PostgresError) {
         postgres = nil
         eventLog = nil
-        postgresVerified = false
         needsFetch = true
-        let now = monotonicNanoseconds()
-        let delay = postgresBackoff.nextDelay()
-        postgresRetryAt = now + delay
         statistics.update { $0.postgresErrors += 1; $0.postgresUp = false; $0.listening = false }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
-        if postgresHealth.failed(now: now) != nil {
-            logger.error("\(what), retrying with backoff; events wait in the log", metadata: [
-                LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
-        } else {
-            logger.debug("postgres still failing", metadata: [LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
-        }
+        report(postgresPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
+               server: "postgres", what: what, consequence: "events wait in the log", error: "\(error)")
     }
 
     private func connectRedis() {
@@ -162,7 +139,7 @@ final class Worker {
             try ping(connection)
             redis = connection
             invalidator = RedisInvalidator(connection: connection, deleteCommand: config.deleteCommand)
-            redisVerified = false
+            redisPolicy.opened()
             needsFetch = true
             statistics.update { $0.redisConnects += 1; $0.redisUp = true }
             logger.debug("redis connection opened", metadata: [LogKey.target: "\(config.redis)"])
@@ -179,15 +156,11 @@ final class Worker {
         }
     }
 
-    private func redisVerifiedNow() {
-        guard !redisVerified, redis != nil else { return }
-        redisVerified = true
-        redisImmediateRetry = true
-        redisBackoff.reset()
-        if case .cameUp(let failures, let downFor)? = redisHealth.succeeded(now: monotonicNanoseconds()) {
+    private func redisRoundTripSucceeded() {
+        guard !redisPolicy.verified, redis != nil else { return }
+        if case .cameUp(let failures, let downFor)? = redisPolicy.roundTripSucceeded(now: monotonicNanoseconds()) {
             var metadata: Logger.Metadata = [LogKey.target: "\(config.redis)"]
-            if failures > 0 { metadata[LogKey.attempts] = "\(failures + 1)" }
-            if let downFor { metadata[LogKey.downSeconds] = "\(formatSeconds(downFor))" }
+            addOutage(&metadata, failures: failures, downFor: downFor)
             logger.info("redis connected", metadata: metadata)
         }
     }
@@ -196,26 +169,27 @@ final class Worker {
         redis = nil
         invalidator = nil
         needsFetch = true
-        let now = monotonicNanoseconds()
-        if redisVerified && redisImmediateRetry && error.code == .connectionLost {
-            // A routine drop of a connection that worked: reconnect now, without backoff or alarm.
-            redisVerified = false
-            redisImmediateRetry = false
-            redisRetryAt = now
-            logger.info("redis connection dropped, reconnecting", metadata: [LogKey.error: "\(error)"])
-            return
-        }
-        redisVerified = false
-        let delay = redisBackoff.nextDelay()
-        redisRetryAt = now + delay
         statistics.update { $0.redisErrors += 1; $0.redisUp = false }
         let what = error.code == .commandFailed ? "redis rejected the deletions" : "redis unavailable"
-        if redisHealth.failed(now: now) != nil {
-            logger.error("\(what), retrying with backoff; events wait in the log and are drained when it returns", metadata: [
+        report(redisPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
+               server: "redis", what: what, consequence: "events wait in the log and are drained when it returns", error: "\(error)")
+    }
+
+    private func report(_ action: ReconnectPolicy.FailureAction, server: String, what: String, consequence: String, error: String) {
+        switch action {
+        case .retryNow:
+            logger.info("\(server) connection dropped, reconnecting", metadata: [LogKey.error: "\(error)"])
+        case .backOff(let delay, true):
+            logger.error("\(what), retrying with backoff; \(consequence)", metadata: [
                 LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
-        } else {
-            logger.debug("redis still failing", metadata: [LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
+        case .backOff(let delay, false):
+            logger.debug("\(server) still failing", metadata: [LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
         }
+    }
+
+    private func addOutage(_ metadata: inout Logger.Metadata, failures: Int, downFor: UInt64?) {
+        if failures > 0 { metadata[LogKey.attempts] = "\(failures + 1)" }
+        if let downFor { metadata[LogKey.downSeconds] = "\(formatSeconds(downFor))" }
     }
 
     // MARK: Notifications
@@ -266,9 +240,9 @@ final class Worker {
                 postgresFailed(error)
                 return
             }
-            postgresVerifiedNow()
+            postgresRoundTripSucceeded()
             if fetched.rowCount == 0 {
-                redisVerifiedNow()
+                redisRoundTripSucceeded()
                 needsFetch = false
                 checkNamedIDs()
                 statistics.update { $0.initialDrainDone = true }
@@ -287,7 +261,7 @@ final class Worker {
                 return
             }
             let confirmedAt = wallClockNanoseconds()
-            redisVerifiedNow()
+            redisRoundTripSucceeded()
             var ids = fetched.events.map(\.id)
             for big in fetched.oversized {
                 logger.error("event field too large to be a cache key; its other keys were deleted", metadata: [
@@ -395,8 +369,8 @@ final class Worker {
         }
         let now = monotonicNanoseconds()
         var deadline = nextSummaryAt
-        if postgres == nil { deadline = min(deadline, postgresRetryAt) }
-        if redis == nil { deadline = min(deadline, redisRetryAt) }
+        if postgres == nil { deadline = min(deadline, postgresPolicy.retryAt) }
+        if redis == nil { deadline = min(deadline, redisPolicy.retryAt) }
         // Work still pending (a full batch, or Redis just returned): do not sleep.
         if needsFetch && postgres != nil && redis != nil { return }
         var descriptors: [Int32] = []
