@@ -9,7 +9,6 @@ struct EventLog {
     /// Whether Postgres records commit timestamps (`track_commit_timestamp = on`), which makes
     /// the lag start point the true commit time instead of the trigger's write time.
     let commitTimestamps: Bool
-    private let fetchSQL: String
     private let knownKinds: String
 
     init(connection: PGConnection, channel: String) throws(PostgresError) {
@@ -24,17 +23,28 @@ struct EventLog {
         let start = commitTimestamps
             ? "COALESCE(pg_xact_commit_timestamp(e.xmin), e.created_at)"
             : "e.created_at"
+        let columns = "e.id, e.kind, e.payload::text, (extract(epoch FROM \(start)) * 1000000)::int8"
         // Pending means "not acknowledged", not "id above the last one seen": an event whose
         // transaction commits after a later id is still found, and no long transaction elsewhere
         // can hold the fast path back. Unknown kinds (from a newer migration) stay pending for a
-        // newer worker instead of being dropped.
-        self.fetchSQL = """
-            SELECT e.id, e.kind, e.payload::text, (extract(epoch FROM \(start)) * 1000000)::int8
-            FROM cache_invalidation.events e
-            WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[])
+        // newer worker instead of being dropped. The cursor ($3) only moves forward within one
+        // drain pass, so a large backlog is not rescanned from its start for every batch.
+        try connection.prepare("ci_fetch_pending", """
+            SELECT \(columns) FROM cache_invalidation.events e
+            WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id > $3
+            ORDER BY e.id LIMIT $1
+            """, parameterCount: 3)
+        // The fast path: the events notifications named, by primary key. Scanning the pending
+        // index instead would walk every entry acknowledged since the last vacuum.
+        try connection.prepare("ci_fetch_ids", """
+            SELECT \(columns) FROM cache_invalidation.events e
+            WHERE e.id = ANY($1::int8[]) AND e.processed_at IS NULL AND e.kind = ANY($2::text[])
             ORDER BY e.id
-            LIMIT $1
-            """
+            """, parameterCount: 2)
+        try connection.prepare("ci_ack", """
+            UPDATE cache_invalidation.events SET processed_at = clock_timestamp()
+            WHERE id = ANY($1::int8[]) AND processed_at IS NULL
+            """, parameterCount: 1)
         self.knownKinds = PostgresArray.text(EventKind.allNames)
     }
 
@@ -49,14 +59,26 @@ struct EventLog {
         /// Events with field values too large to be keys: processed without those fields, and logged.
         var oversized: [(id: Int64, kind: String, fields: [String])] = []
         var rowCount = 0
+        /// The highest id among the rows (decodable or not): where the next drain batch starts.
+        var maxID: Int64 = 0
     }
 
-    func fetchPending(limit: Int) throws(PostgresError) -> Fetched {
-        let rows = try connection.execute(fetchSQL, [String(limit), knownKinds])
+    /// Pending events with ids above `after`, oldest first (a drain pass).
+    func fetchPending(after: Int64, limit: Int) throws(PostgresError) -> Fetched {
+        decode(try connection.execute(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after)]))
+    }
+
+    /// The named events that are still pending (the fast path after notifications).
+    func fetchPending(ids: [Int64]) throws(PostgresError) -> Fetched {
+        decode(try connection.execute(prepared: "ci_fetch_ids", [PostgresArray.integers(ids), knownKinds]))
+    }
+
+    private func decode(_ rows: PGRows) -> Fetched {
         var fetched = Fetched()
         fetched.rowCount = rows.rows.count
         fetched.events.reserveCapacity(rows.rows.count)
         for row in rows.rows {
+            if let id = row[0].flatMap({ Int64($0) }) { fetched.maxID = max(fetched.maxID, id) }
             guard let idText = row[0], let id = Int64(idText), let kindName = row[1], let kind = EventKind(rawValue: kindName) else {
                 // Cannot happen (the query filters known kinds; ids are bigint), but a row skipped
                 // here would come back in every fetch forever.
@@ -80,9 +102,7 @@ struct EventLog {
     /// Marks events processed. Only called after Redis confirmed every deletion they asked for.
     func acknowledge(_ ids: [Int64]) throws(PostgresError) {
         guard !ids.isEmpty else { return }
-        try connection.execute(
-            "UPDATE cache_invalidation.events SET processed_at = clock_timestamp() WHERE id = ANY($1::int8[]) AND processed_at IS NULL",
-            [PostgresArray.integers(ids)])
+        try connection.execute(prepared: "ci_ack", [PostgresArray.integers(ids)])
     }
 
     /// Of the ids notifications named, those the log has never held: forged or mistaken notifications.

@@ -27,10 +27,11 @@ final class Worker {
     private var postgresPolicy: ReconnectPolicy
     private var redisPolicy: ReconnectPolicy
 
-    /// Pending work: set after a (re)connect (drain the log) or a valid notification.
-    private var needsFetch = true
-    /// Event ids named by notifications and not yet seen in a fetch, checked against the log
-    /// once the pending log is empty: ids the log never held are forged notifications.
+    /// A drain pass over the whole pending log is due: after every (re)connect, and periodically
+    /// as a safety sweep.
+    private var needsDrain = true
+    /// Event ids named by notifications and not yet processed: fetched by primary key. Those the
+    /// log never held are forged notifications.
     private var namedIDs: Set<Int64> = []
     /// Recently processed ids, so a notification that arrives after its event was already handled
     /// (several events in one fetch) costs no query.
@@ -69,7 +70,7 @@ final class Worker {
             if postgres == nil && postgresPolicy.mayConnect(now: now) { connectPostgres() }
             if redis == nil && redisPolicy.mayConnect(now: now) { connectRedis() }
             readNotifications()
-            if needsFetch && postgres != nil && redis != nil && !stopping {
+            if hasWork && postgres != nil && redis != nil && !stopping {
                 processPending()
             }
             if monotonicNanoseconds() >= nextSummaryAt { logSummary() }
@@ -100,7 +101,7 @@ final class Worker {
             postgres = connection
             eventLog = log
             postgresPolicy.opened()
-            needsFetch = true
+            needsDrain = true
             statistics.update { $0.postgresConnects += 1; $0.postgresUp = true; $0.listening = true }
             logger.debug("postgres connection opened", metadata: [LogKey.target: "\(connection.target)"])
         } catch {
@@ -120,7 +121,7 @@ final class Worker {
     private func postgresFailed(_ error: PostgresError) {
         postgres = nil
         eventLog = nil
-        needsFetch = true
+        needsDrain = true
         statistics.update { $0.postgresErrors += 1; $0.postgresUp = false; $0.listening = false }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
         report(postgresPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
@@ -140,7 +141,7 @@ final class Worker {
             redis = connection
             invalidator = RedisInvalidator(connection: connection, deleteCommand: config.deleteCommand)
             redisPolicy.opened()
-            needsFetch = true
+            needsDrain = true
             statistics.update { $0.redisConnects += 1; $0.redisUp = true }
             logger.debug("redis connection opened", metadata: [LogKey.target: "\(config.redis)"])
         } catch {
@@ -168,7 +169,7 @@ final class Worker {
     private func redisFailed(_ error: RedisError) {
         redis = nil
         invalidator = nil
-        needsFetch = true
+        needsDrain = true
         statistics.update { $0.redisErrors += 1; $0.redisUp = false }
         let what = error.code == .commandFailed ? "redis rejected the deletions" : "redis unavailable"
         report(redisPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
@@ -212,12 +213,8 @@ final class Worker {
     private func handle(_ notification: PGNotification) {
         do {
             let id = try NotificationPayload.parseEventID(notification.payload)
-            needsFetch = true
+            // Already handled (it came in an earlier batch): nothing to fetch.
             if !recentIDs.contains(id) { namedIDs.insert(id) }
-            if namedIDs.count > 100_000 {
-                // A flood of distinct ids: check them now rather than holding them without bound.
-                checkNamedIDs()
-            }
         } catch {
             statistics.update { $0.malformedNotifications += 1 }
             logger.warning("ignored malformed notification", metadata: [
@@ -230,67 +227,110 @@ final class Worker {
 
     // MARK: Processing
 
+    private var hasWork: Bool { needsDrain || !namedIDs.isEmpty }
+
+    /// Drains the log if due, then fetches what notifications named.
     private func processPending() {
-        while !stopping {
-            guard let eventLog, let invalidator else { return }
+        if needsDrain {
+            guard drainPass() else { return }
+        }
+        while !namedIDs.isEmpty && !stopping {
+            guard let eventLog else { return }
+            // Bounded, so a flood of (forged) ids is handled in slices, not one giant query.
+            let ids = Array(namedIDs.sorted().prefix(config.batchSize))
             let fetched: EventLog.Fetched
             do {
-                fetched = try eventLog.fetchPending(limit: config.batchSize)
+                fetched = try eventLog.fetchPending(ids: ids)
             } catch {
                 postgresFailed(error)
                 return
             }
             postgresRoundTripSucceeded()
-            if fetched.rowCount == 0 {
+            if fetched.rowCount > 0 {
+                guard invalidate(fetched) else { return }
+            } else {
                 redisRoundTripSucceeded()
-                needsFetch = false
-                checkNamedIDs()
-                statistics.update { $0.initialDrainDone = true }
-                return
             }
-            var plan = InvalidationPlan()
-            for event in fetched.events {
-                config.rules.apply(event, prefix: config.keyPrefix, to: &plan)
-            }
-            let outcome: RedisInvalidator.Outcome
+            // Named but not pending: processed already (by an earlier batch or another worker),
+            // of a kind this worker does not know, or never in the log at all (forged).
+            var notFound: [Int64] = []
+            for id in ids where namedIDs.remove(id) != nil && !recentIDs.contains(id) { notFound.append(id) }
+            reportForged(among: notFound)
+        }
+    }
+
+    /// One pass over the pending log in id order, batch by batch. Returns false if a connection failed.
+    ///
+    /// One forward pass is complete: LISTEN came first, so every event committed after the pass
+    /// began is also announced by a notification and fetched by id.
+    private func drainPass() -> Bool {
+        var cursor: Int64 = 0
+        while !stopping {
+            guard let eventLog else { return false }
+            let fetched: EventLog.Fetched
             do {
-                outcome = try invalidator.execute(plan)
+                fetched = try eventLog.fetchPending(after: cursor, limit: config.batchSize)
             } catch {
-                // Not acknowledged: the events stay pending and are retried after reconnecting.
-                redisFailed(error)
-                return
-            }
-            let confirmedAt = wallClockNanoseconds()
-            redisRoundTripSucceeded()
-            var ids = fetched.events.map(\.id)
-            for big in fetched.oversized {
-                logger.error("event field too large to be a cache key; its other keys were deleted", metadata: [
-                    LogKey.event: "\(big.id)", LogKey.kind: "\(big.kind)", LogKey.reason: "\(big.fields.joined(separator: ","))",
-                    LogKey.error: "over \(EventPayload.maximumFieldBytes) bytes"])
-            }
-            for bad in fetched.undecodable {
-                logger.error("event payload cannot be decoded; acknowledged without deleting anything", metadata: [
-                    LogKey.event: "\(bad.id)", LogKey.kind: "\(bad.kind)", LogKey.error: "\(bad.error)"])
-                ids.append(bad.id)
-            }
-            do {
-                try eventLog.acknowledge(ids)
-            } catch {
-                // Deleted but not acknowledged: the events come back after reconnecting and are
-                // deleted again, which is harmless (at-least-once, deletions are idempotent).
                 postgresFailed(error)
-                return
+                return false
             }
-            record(fetched, plan: plan, outcome: outcome, confirmedAt: confirmedAt)
+            postgresRoundTripSucceeded()
+            if fetched.rowCount > 0 {
+                guard invalidate(fetched) else { return false }
+                cursor = fetched.maxID
+            } else {
+                redisRoundTripSucceeded()
+            }
             if fetched.rowCount < config.batchSize {
-                // Short batch: the log is drained for now. Another notification may already be
-                // waiting; the main loop reads it and comes back here.
-                needsFetch = false
-                checkNamedIDs()
+                needsDrain = false
                 statistics.update { $0.initialDrainDone = true }
-                return
+                return true
             }
         }
+        return false
+    }
+
+    /// Deletes the keys of a batch in one round trip and then acknowledges it.
+    /// Returns false if Redis or Postgres failed (the batch stays pending and is redone).
+    private func invalidate(_ fetched: EventLog.Fetched) -> Bool {
+        guard let eventLog, let invalidator else { return false }
+        var plan = InvalidationPlan()
+        for event in fetched.events {
+            config.rules.apply(event, prefix: config.keyPrefix, to: &plan)
+        }
+        let outcome: RedisInvalidator.Outcome
+        do {
+            outcome = try invalidator.execute(plan)
+        } catch {
+            // Not acknowledged: the events stay pending and are retried after reconnecting.
+            redisFailed(error)
+            return false
+        }
+        let confirmedAt = wallClockNanoseconds()
+        redisRoundTripSucceeded()
+        var ids = fetched.events.map(\.id)
+        for big in fetched.oversized {
+            logger.error("event field too large to be a cache key; its other keys were deleted", metadata: [
+                LogKey.event: "\(big.id)", LogKey.kind: "\(big.kind)", LogKey.reason: "\(big.fields.joined(separator: ","))",
+                LogKey.error: "over \(EventPayload.maximumFieldBytes) bytes"])
+        }
+        for bad in fetched.undecodable {
+            logger.error("event payload cannot be decoded; acknowledged without deleting anything", metadata: [
+                LogKey.event: "\(bad.id)", LogKey.kind: "\(bad.kind)", LogKey.error: "\(bad.error)"])
+            ids.append(bad.id)
+            namedIDs.remove(bad.id)
+            recentIDs.insert(bad.id)
+        }
+        do {
+            try eventLog.acknowledge(ids)
+        } catch {
+            // Deleted but not acknowledged: the events come back after reconnecting and are
+            // deleted again, which is harmless (at-least-once, deletions are idempotent).
+            postgresFailed(error)
+            return false
+        }
+        record(fetched, plan: plan, outcome: outcome, confirmedAt: confirmedAt)
+        return true
     }
 
     private func record(_ fetched: EventLog.Fetched, plan: InvalidationPlan, outcome: RedisInvalidator.Outcome, confirmedAt: Int64) {
@@ -341,12 +381,10 @@ final class Worker {
         }
     }
 
-    /// Checks ids named by notifications but never fetched: the ones the log does not hold are
-    /// forged (NOTIFY is unauthenticated) and deleted nothing; they are logged and counted.
-    private func checkNamedIDs() {
-        guard !namedIDs.isEmpty, let eventLog else { return }
-        let ids = Array(namedIDs).sorted()
-        namedIDs.removeAll()
+    /// Of ids named by notifications but not pending, those the log never held are forged
+    /// (NOTIFY is unauthenticated) and deleted nothing: logged and counted.
+    private func reportForged(among ids: [Int64]) {
+        guard !ids.isEmpty, let eventLog else { return }
         do {
             let missing = try eventLog.missing(ids)
             guard !missing.isEmpty else { return }
@@ -372,7 +410,7 @@ final class Worker {
         if postgres == nil { deadline = min(deadline, postgresPolicy.retryAt) }
         if redis == nil { deadline = min(deadline, redisPolicy.retryAt) }
         // Work still pending (a full batch, or Redis just returned): do not sleep.
-        if needsFetch && postgres != nil && redis != nil { return }
+        if hasWork && postgres != nil && redis != nil { return }
         var descriptors: [Int32] = []
         if let postgres, postgres.socket >= 0 { descriptors.append(postgres.socket) }
         _ = waitReadable(descriptors, wake: wake, timeoutNanoseconds: deadline > now ? deadline - now : 0)
@@ -380,6 +418,9 @@ final class Worker {
 
     private func logSummary() {
         nextSummaryAt = monotonicNanoseconds() + config.summaryIntervalNanoseconds
+        // A safety sweep: nothing should be pending that no notification named, but the log,
+        // not the notifications, is the source of truth.
+        needsDrain = true
         var metadata: Logger.Metadata = [:]
         if let eventLog {
             do {

@@ -152,6 +152,24 @@ public final class PGConnection {
         return try consume(result)
     }
 
+    /// Parses and plans `sql` once on this connection; run it with `execute(prepared:_:)`.
+    /// Saves the parse and plan (a few hundred microseconds) on every call of a hot query.
+    public func prepare(_ name: String, _ sql: String, parameterCount: Int) throws(PostgresError) {
+        guard let result = PQprepare(conn, name, sql, Int32(parameterCount), nil) else { throw lostOrFailed(nil) }
+        _ = try consume(result)
+    }
+
+    /// Runs a statement prepared with `prepare`; parameters are sent apart from the SQL text.
+    @discardableResult
+    public func execute(prepared name: String, _ parameters: [String?]) throws(PostgresError) -> PGRows {
+        let cStrings: [UnsafeMutablePointer<CChar>?] = parameters.map { $0.map { strdup($0) } ?? nil }
+        defer { cStrings.forEach { free($0) } }
+        let values: [UnsafePointer<CChar>?] = cStrings.map { $0.map { UnsafePointer($0) } }
+        let result: OpaquePointer? = PQexecPrepared(conn, name, Int32(parameters.count), values, nil, nil, 0)
+        guard let result else { throw lostOrFailed(nil) }
+        return try consume(result)
+    }
+
     /// Reads whatever the server sent (non-blocking) so that `notifications()` sees it.
     public func consumeInput() throws(PostgresError) {
         if PQconsumeInput(conn) == 0 { throw lostOrFailed(nil) }
