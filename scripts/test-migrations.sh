@@ -11,7 +11,7 @@ set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MIG=$ROOT/migrations
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+PG_BIN=${PG_BIN:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
 PSQL=$PG_BIN/psql
 UP1=$MIG/0001_bot_schema.up.sql
 DOWN1=$MIG/0001_bot_schema.down.sql
