@@ -110,6 +110,19 @@ struct DeliveryTests {
         harness.stopWorker()
     }
 
+    /// The log, not the notification, is the source of truth: an event whose notification never
+    /// came (written here by hand, without NOTIFY) is found by the periodic sweep.
+    @Test func eventWithoutNotificationIsFoundByTheSweep() throws {
+        let harness = try Harness()
+        harness.startWorker { $0.summaryIntervalNanoseconds = 300_000_000 }
+        try harness.waitFor("the start-up drain") { $0.initialDrainDone }
+        try harness.seed(["tx:31:0xsilent", "portfolio:31"])
+        try harness.sql(#"INSERT INTO cache_invalidation.events (kind, payload) VALUES ('trade_settled', '{"telegram_id":"31","wallet_address":"0xW31","tx_hash":"0xsilent","side":"buy"}')"#)
+        try harness.waitUntilProcessed(timeout: 10)
+        #expect(try harness.deleted(among: ["tx:31:0xsilent", "portfolio:31"]) == ["tx:31:0xsilent", "portfolio:31"])
+        harness.stopWorker()
+    }
+
     /// A batch larger than --batch-size is drained in several round trips, none lost.
     @Test func backlogLargerThanABatchIsDrained() throws {
         let harness = try Harness()
