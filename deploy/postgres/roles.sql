@@ -23,7 +23,8 @@ $$;
 GRANT USAGE ON SCHEMA cache_invalidation TO cache_invalidator;
 GRANT SELECT ON cache_invalidation.events TO cache_invalidator;
 GRANT UPDATE (processed_at) ON cache_invalidation.events TO cache_invalidator;
--- For `check`-style verification of the triggers.
+-- For `cache-invalidator check`: which triggers should exist, and the schema version.
 GRANT SELECT ON cache_invalidation.expected_triggers TO cache_invalidator;
+GRANT SELECT ON public.cache_invalidator_schema_migrations TO cache_invalidator;
 
 COMMIT;

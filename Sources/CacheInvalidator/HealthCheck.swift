@@ -1,0 +1,138 @@
+import InvalidationCore
+import PostgresClient
+import RedisClient
+
+/// `cache-invalidator check`: everything the worker depends on, verified once, one line per
+/// finding, so it can gate a deploy or run from cron.
+public struct HealthCheck {
+    public struct Finding: Sendable, Equatable, CustomStringConvertible {
+        public var ok: Bool
+        public var subject: String
+        public var detail: String
+        public var description: String { "\(ok ? "ok  " : "FAIL") \(subject): \(detail)" }
+    }
+
+    /// The schema version this worker reads (0002_cache_invalidation).
+    public static let requiredSchemaVersion: Int64 = 2
+
+    public var configuration: WorkerConfiguration
+    public var maximumBacklog: Int64 = 10_000
+    public var maximumOldestAgeSeconds: Double = 60
+    public var maximumQueueUsage: Double = 0.5
+
+    public init(configuration: WorkerConfiguration) {
+        self.configuration = configuration
+    }
+
+    public func run() -> [Finding] {
+        var findings = postgresFindings()
+        findings.append(redisFinding())
+        return findings
+    }
+
+    private func postgresFindings() -> [Finding] {
+        let connection: PGConnection
+        do {
+            connection = try PGConnection(conninfo: configuration.databaseURL, applicationName: "cache-invalidator check")
+        } catch {
+            return [Finding(ok: false, subject: "postgres", detail: "\(error)")]
+        }
+        var findings: [Finding] = []
+        func query(_ sql: String, _ parameters: [String?] = []) throws(PostgresError) -> PGRows {
+            parameters.isEmpty ? try connection.execute(sql) : try connection.execute(sql, parameters)
+        }
+        do {
+            let version = try query("SELECT current_setting('server_version'), current_user")
+            findings.append(Finding(ok: true, subject: "postgres", detail: "connected to \(connection.target) as \(version[0, 1] ?? "?") (PostgreSQL \(version[0, 0] ?? "?"))"))
+            let schema = try query("""
+                SELECT to_regclass('cache_invalidation.events') IS NOT NULL,
+                       to_regclass('public.cache_invalidator_schema_migrations') IS NOT NULL
+                       AND has_table_privilege('public.cache_invalidator_schema_migrations', 'SELECT')
+                """)
+            guard schema[0, 0] == "t" else {
+                findings.append(Finding(ok: false, subject: "migrations", detail: "cache_invalidation.events does not exist (or this role cannot see it); apply the migrations: cache-invalidator migrate"))
+                return findings
+            }
+            if schema[0, 1] == "t" {
+                let applied = try query("SELECT coalesce(max(version), 0) FROM public.cache_invalidator_schema_migrations")
+                let version = Int64(applied[0, 0] ?? "0") ?? 0
+                findings.append(Finding(
+                    ok: version >= Self.requiredSchemaVersion, subject: "migrations",
+                    detail: version >= Self.requiredSchemaVersion ? "schema version \(version)" : "schema version \(version), this worker needs \(Self.requiredSchemaVersion); apply the migrations"))
+            } else {
+                findings.append(Finding(ok: true, subject: "migrations", detail: "event log present (version table not readable by this role)"))
+            }
+            let privileges = try query("""
+                SELECT has_schema_privilege('cache_invalidation', 'USAGE'),
+                       has_table_privilege('cache_invalidation.events', 'SELECT'),
+                       has_column_privilege('cache_invalidation.events', 'processed_at', 'UPDATE')
+                """)
+            let missing = zip(["USAGE on schema cache_invalidation", "SELECT on cache_invalidation.events", "UPDATE (processed_at) on cache_invalidation.events"], privileges.rows[0])
+                .filter { $0.1 != "t" }.map(\.0)
+            findings.append(Finding(ok: missing.isEmpty, subject: "privileges",
+                                    detail: missing.isEmpty ? "can read and acknowledge events" : "missing \(missing.joined(separator: ", ")); apply deploy/postgres/roles.sql"))
+            findings += try triggerFindings(query)
+            let backlog = try query("""
+                SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8
+                FROM cache_invalidation.events WHERE processed_at IS NULL
+                """)
+            let pending = Int64(backlog[0, 0] ?? "0") ?? 0
+            let age = Double(backlog[0, 1] ?? "0") ?? 0
+            let backlogOK = pending <= maximumBacklog && age <= maximumOldestAgeSeconds
+            findings.append(Finding(ok: backlogOK, subject: "backlog",
+                                    detail: "\(pending) events pending, oldest \(String(format: "%.1f", age)) s" + (backlogOK ? "" : " (limits: \(maximumBacklog) events, \(Int(maximumOldestAgeSeconds)) s); is a worker running and Redis reachable?")))
+            let usage = Double(try query("SELECT pg_notification_queue_usage()")[0, 0] ?? "0") ?? 0
+            findings.append(Finding(ok: usage <= maximumQueueUsage, subject: "notify queue",
+                                    detail: "\(String(format: "%.4f", usage * 100)) % used" + (usage <= maximumQueueUsage ? "" : "; a listener is not reading (a stuck session LISTENing?): when full, the bot's commits fail")))
+        } catch {
+            findings.append(Finding(ok: false, subject: "postgres", detail: "\(error)"))
+        }
+        return findings
+    }
+
+    /// Every expected trigger exists on its table and is enabled: a DBA who recreates or alters a
+    /// table can silently lose them, and then nothing is invalidated for that table.
+    private func triggerFindings(_ query: (String, [String?]) throws(PostgresError) -> PGRows) throws(PostgresError) -> [Finding] {
+        let rows = try query("""
+            SELECT x.table_name, x.trigger_name, t.tgenabled
+            FROM cache_invalidation.expected_triggers x
+            LEFT JOIN pg_trigger t ON t.tgname = x.trigger_name AND t.tgrelid = to_regclass(format('public.%I', x.table_name))
+            ORDER BY x.table_name, x.trigger_name
+            """, [])
+        var problems: [String] = []
+        for row in rows.rows {
+            let table = row[0] ?? "?", name = row[1] ?? "?"
+            switch row[2] {
+            case nil: problems.append("\(name) missing on public.\(table)")
+            case "D"?: problems.append("\(name) disabled on public.\(table)")
+            default: break
+            }
+        }
+        if rows.rows.isEmpty { problems.append("cache_invalidation.expected_triggers is empty") }
+        return problems.isEmpty
+            ? [Finding(ok: true, subject: "triggers", detail: "all \(rows.rows.count) in place and enabled")]
+            : problems.map { Finding(ok: false, subject: "triggers", detail: "\($0); re-apply migrations/0002_cache_invalidation.up.sql (or ALTER TABLE ... ENABLE TRIGGER)") }
+    }
+
+    private func redisFinding() -> Finding {
+        let endpoint = configuration.redis
+        let address: RedisAddress
+        switch endpoint.address {
+        case .tcp(let host, let port): address = .tcp(host: host, port: port)
+        case .unix(let path): address = .unix(path: path)
+        }
+        do {
+            let connection = try RedisConnection(address: address, timeoutMilliseconds: configuration.redisTimeoutMilliseconds)
+            try connection.handshake(username: endpoint.username, password: endpoint.password, database: endpoint.database)
+            // Deleting a key that does not exist proves the permission the worker needs, harmlessly.
+            let probe = configuration.keyPrefix + "cache-invalidator:check"
+            let reply = try connection.command([configuration.deleteCommand.argument, Array(probe.utf8)])
+            if case .error(let message) = reply {
+                return Finding(ok: false, subject: "redis", detail: "\(endpoint): \(configuration.deleteCommand.rawValue.uppercased()) refused: \(message)")
+            }
+            return Finding(ok: true, subject: "redis", detail: "connected to \(endpoint), \(configuration.deleteCommand.rawValue.uppercased()) allowed under \(configuration.keyPrefix.debugDescription)")
+        } catch {
+            return Finding(ok: false, subject: "redis", detail: "\(error)")
+        }
+    }
+}

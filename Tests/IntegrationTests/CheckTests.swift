@@ -1,0 +1,65 @@
+import Foundation
+import Testing
+
+/// `cache-invalidator check` as a deploy gate: exit 0 when all is well, 1 with one line per
+/// problem otherwise.
+@Suite("check")
+struct CheckTests {
+    static func check(_ harness: Harness, databaseURL: String? = nil, redisURL: String? = nil) throws -> ProcessTests.Outcome {
+        try ProcessTests.run(["check"], environment: [
+            "DATABASE_URL": databaseURL ?? harness.databaseURL,
+            "REDIS_URL": redisURL ?? harness.servers.redisURL,
+            "KEY_PREFIX": harness.prefix,
+        ])
+    }
+
+    @Test func healthySetupPasses() throws {
+        let harness = try Harness()
+        let outcome = try Self.check(harness)
+        #expect(outcome.status == 0, "\(outcome.output)")
+        for subject in ["postgres", "migrations", "privileges", "triggers", "backlog", "notify queue", "redis"] {
+            #expect(outcome.output.contains("ok   \(subject):"), "\(subject) missing from:\n\(outcome.output)")
+        }
+        #expect(!outcome.output.contains("FAIL"))
+    }
+
+    @Test func missingOrDisabledTriggersFailWithTheirNames() throws {
+        let harness = try Harness()
+        try harness.sql("ALTER TABLE trades DISABLE TRIGGER cache_invalidation_trades_update")
+        try harness.sql("DROP TRIGGER cache_invalidation_settings_truncate ON settings")
+        let outcome = try Self.check(harness)
+        #expect(outcome.status == 1)
+        #expect(outcome.output.contains("FAIL triggers: cache_invalidation_trades_update disabled on public.trades"), "\(outcome.output)")
+        #expect(outcome.output.contains("FAIL triggers: cache_invalidation_settings_truncate missing on public.settings"), "\(outcome.output)")
+        #expect(outcome.output.split(separator: "\n").filter { $0.hasPrefix("FAIL") }.count == 2)
+    }
+
+    @Test func unmigratedDatabaseAndUnreachableRedisFail() throws {
+        let harness = try Harness(migrate: false)
+        let outcome = try Self.check(harness, redisURL: "redis://127.0.0.1:1/0")
+        #expect(outcome.status == 1)
+        #expect(outcome.output.contains("FAIL migrations:") && outcome.output.contains("apply the migrations"), "\(outcome.output)")
+        #expect(outcome.output.contains("FAIL redis:") && outcome.output.contains("Connection refused"), "\(outcome.output)")
+    }
+
+    @Test func backlogOverTheLimitFails() throws {
+        let harness = try Harness()
+        try harness.sql("""
+            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, status)
+            SELECT g, '0xW', '0xT', 'buy', 'manual', 'confirmed' FROM generate_series(1, 5) g
+            """)
+        let outcome = try ProcessTests.run(["check", "--max-backlog", "3"], environment: [
+            "DATABASE_URL": harness.databaseURL, "REDIS_URL": harness.servers.redisURL, "KEY_PREFIX": harness.prefix])
+        #expect(outcome.status == 1)
+        #expect(outcome.output.contains("FAIL backlog: 5 events pending"), "\(outcome.output)")
+    }
+
+    @Test func theRestrictedWorkerRolePassesToo() throws {
+        let harness = try Harness()
+        let result = try MigrationTests.psql(harness.databaseURL, file: Harness.repositoryRoot + "/deploy/postgres/roles.sql")
+        #expect(result.status == 0, "\(result.output)")
+        let outcome = try Self.check(harness, databaseURL: harness.servers.postgresURL(database: harness.databaseName, user: "cache_invalidator"))
+        #expect(outcome.status == 0, "\(outcome.output)")
+        #expect(outcome.output.contains("ok   triggers: all 13 in place and enabled"), "\(outcome.output)")
+    }
+}
