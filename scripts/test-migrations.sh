@@ -213,7 +213,7 @@ inventory() {
              || ' indexes on events'"
 }
 inv1=$(inventory ci_main)
-check "objects after first apply" "5 relations, 7 functions, 13 triggers, 2 indexes on events" "$inv1"
+check "objects after first apply" "6 relations, 7 functions, 13 triggers, 3 indexes on events" "$inv1"
 expect_apply ci_main "$UP1"
 expect_apply ci_main "$UP2"
 check "re-apply creates no duplicate objects" "$inv1" "$(inventory ci_main)"

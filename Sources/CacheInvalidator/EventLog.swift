@@ -134,6 +134,41 @@ struct EventLog {
     }
 }
 
+extension EventLog {
+    /// Expected triggers that are missing or disabled, as "name missing on public.table".
+    static func triggerProblems(on connection: PGConnection) throws(PostgresError) -> (problems: [String], expected: Int) {
+        let rows = try connection.execute("""
+            SELECT x.table_name, x.trigger_name, t.tgenabled
+            FROM cache_invalidation.expected_triggers x
+            LEFT JOIN pg_trigger t ON t.tgname = x.trigger_name AND t.tgrelid = to_regclass(format('public.%I', x.table_name))
+            ORDER BY x.table_name, x.trigger_name
+            """)
+        var problems: [String] = []
+        for row in rows.rows {
+            let table = row[0] ?? "?", name = row[1] ?? "?"
+            switch row[2] {
+            case nil: problems.append("\(name) missing on public.\(table)")
+            case "D"?: problems.append("\(name) disabled on public.\(table)")
+            default: break
+            }
+        }
+        if rows.rows.isEmpty { problems.append("cache_invalidation.expected_triggers is empty") }
+        return (problems, rows.rows.count)
+    }
+
+    /// Deletes up to `limit` events processed before the retention window; returns how many.
+    /// Small batches, each its own statement: no long lock, no long transaction.
+    func prune(olderThanSeconds seconds: UInt64, limit: Int) throws(PostgresError) -> Int {
+        try connection.execute("""
+            DELETE FROM cache_invalidation.events WHERE id IN (
+                SELECT id FROM cache_invalidation.events
+                WHERE created_at < clock_timestamp() - make_interval(secs => $1::float8)
+                  AND processed_at < clock_timestamp() - make_interval(secs => $1::float8)
+                LIMIT $2 FOR UPDATE SKIP LOCKED)
+            """, [String(seconds), String(limit)]).affected
+    }
+}
+
 /// Postgres array literals for parameters (`{1,2,3}`, `{"a","b"}`), so a list is one parameter.
 enum PostgresArray {
     static func integers(_ values: [Int64]) -> String {

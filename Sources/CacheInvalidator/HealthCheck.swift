@@ -71,7 +71,7 @@ public struct HealthCheck {
                 .filter { $0.1 != "t" }.map(\.0)
             findings.append(Finding(ok: missing.isEmpty, subject: "privileges",
                                     detail: missing.isEmpty ? "can read and acknowledge events" : "missing \(missing.joined(separator: ", ")); apply deploy/postgres/roles.sql"))
-            findings += try triggerFindings(query)
+            findings += try triggerFindings(connection)
             let backlog = try query("""
                 SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8
                 FROM cache_invalidation.events WHERE processed_at IS NULL
@@ -92,25 +92,10 @@ public struct HealthCheck {
 
     /// Every expected trigger exists on its table and is enabled: a DBA who recreates or alters a
     /// table can silently lose them, and then nothing is invalidated for that table.
-    private func triggerFindings(_ query: (String, [String?]) throws(PostgresError) -> PGRows) throws(PostgresError) -> [Finding] {
-        let rows = try query("""
-            SELECT x.table_name, x.trigger_name, t.tgenabled
-            FROM cache_invalidation.expected_triggers x
-            LEFT JOIN pg_trigger t ON t.tgname = x.trigger_name AND t.tgrelid = to_regclass(format('public.%I', x.table_name))
-            ORDER BY x.table_name, x.trigger_name
-            """, [])
-        var problems: [String] = []
-        for row in rows.rows {
-            let table = row[0] ?? "?", name = row[1] ?? "?"
-            switch row[2] {
-            case nil: problems.append("\(name) missing on public.\(table)")
-            case "D"?: problems.append("\(name) disabled on public.\(table)")
-            default: break
-            }
-        }
-        if rows.rows.isEmpty { problems.append("cache_invalidation.expected_triggers is empty") }
+    private func triggerFindings(_ connection: PGConnection) throws(PostgresError) -> [Finding] {
+        let (problems, expected) = try EventLog.triggerProblems(on: connection)
         return problems.isEmpty
-            ? [Finding(ok: true, subject: "triggers", detail: "all \(rows.rows.count) in place and enabled")]
+            ? [Finding(ok: true, subject: "triggers", detail: "all \(expected) in place and enabled")]
             : problems.map { Finding(ok: false, subject: "triggers", detail: "\($0); re-apply migrations/0002_cache_invalidation.up.sql (or ALTER TABLE ... ENABLE TRIGGER)") }
     }
 

@@ -23,6 +23,7 @@ public enum Setting: String, CaseIterable, Sendable {
     case summaryInterval = "summary-interval"
     case redisTimeout = "redis-timeout"
     case reconnectMax = "reconnect-max"
+    case retention = "retention"
     case logLevel = "log-level"
     case logFormat = "log-format"
 
@@ -41,6 +42,7 @@ public enum Setting: String, CaseIterable, Sendable {
         case .summaryInterval: return "10s"
         case .redisTimeout: return "2s"
         case .reconnectMax: return "10s"
+        case .retention: return "24h"
         case .logLevel: return "info"
         case .logFormat: return "logfmt"
         }
@@ -58,6 +60,7 @@ public enum Setting: String, CaseIterable, Sendable {
         case .summaryInterval: return "How often the lag summary line is logged (e.g. 10s)."
         case .redisTimeout: return "Timeout of one Redis connect or round trip."
         case .reconnectMax: return "Longest wait between reconnection attempts (backoff is exponential with jitter)."
+        case .retention: return "How long processed events stay in the log (audit, replay) before the worker deletes them; 0 keeps them forever."
         case .logLevel: return "trace, debug (one line per event), info, notice, warning, error or critical."
         case .logFormat: return "logfmt or json."
         }
@@ -150,6 +153,8 @@ public struct SettingsResolver {
         config.redisTimeoutMilliseconds = Int(timeout / 1_000_000)
         let reconnectMax = try duration(.reconnectMax, minimum: 100_000_000)
         config.reconnectMaximumMilliseconds = reconnectMax / 1_000_000
+        let retention = try duration(.retention, minimum: 0)
+        config.retentionSeconds = retention / 1_000_000_000
         return config
     }
 
@@ -166,7 +171,7 @@ public struct SettingsResolver {
 public enum DurationText {
     public static func parse(_ text: String) -> UInt64? {
         let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
-        let units: [(String, Double)] = [("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
+        let units: [(String, Double)] = [("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9), ("d", 86400e9)]
         var number = Substring(trimmed)
         var scale = 1e6
         for (suffix, factor) in units where trimmed.hasSuffix(suffix) {

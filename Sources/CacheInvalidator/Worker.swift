@@ -38,6 +38,9 @@ final class Worker {
     private var recentIDs = RecentIDs(capacity: 8192)
 
     private var interval = LagStatistics()
+    /// Trigger check and pruning: right after connecting, then every maintenance interval.
+    private var nextMaintenanceAt: UInt64 = 0
+    private var triggerCheckDenied = false
     static let slowWarningsPerBatch = 10
     private let debugEnabled: Bool
     private var nextSummaryAt: UInt64
@@ -74,6 +77,7 @@ final class Worker {
                 processPending()
             }
             if monotonicNanoseconds() >= nextSummaryAt { logSummary() }
+            if postgres != nil && monotonicNanoseconds() >= nextMaintenanceAt && !stopping { maintain() }
             if stopping { break }
             waitForWork()
         }
@@ -102,6 +106,7 @@ final class Worker {
             eventLog = log
             postgresPolicy.opened()
             needsDrain = true
+            nextMaintenanceAt = 0
             statistics.update { $0.postgresConnects += 1; $0.postgresUp = true; $0.listening = true }
             logger.debug("postgres connection opened", metadata: [LogKey.target: "\(connection.target)"])
         } catch {
@@ -397,6 +402,54 @@ final class Worker {
         }
     }
 
+    // MARK: Maintenance
+
+    /// Verifies the triggers (a DBA who recreates or alters a table can silently drop them, and
+    /// then that table's writes invalidate nothing) and prunes processed events past retention.
+    private func maintain() {
+        nextMaintenanceAt = monotonicNanoseconds() + config.maintenanceIntervalNanoseconds
+        guard let postgres, let eventLog else { return }
+        do {
+            let (problems, _) = try EventLog.triggerProblems(on: postgres)
+            statistics.update { $0.missingTriggers = problems.count }
+            for problem in problems {
+                // Every check, until fixed: this is an outage of invalidation for that table.
+                logger.error("cache invalidation trigger missing or disabled; writes to that table delete no keys. Re-apply migrations/0002_cache_invalidation.up.sql", metadata: [
+                    LogKey.reason: "\(problem)"])
+            }
+        } catch where error.sqlState == "42501" {
+            if !triggerCheckDenied {
+                triggerCheckDenied = true
+                logger.warning("cannot verify the triggers: the worker's role may not read cache_invalidation.expected_triggers (see deploy/postgres/roles.sql)", metadata: [LogKey.error: "\(error)"])
+            }
+        } catch {
+            postgresFailed(error)
+            return
+        }
+        guard config.retentionSeconds > 0 else { return }
+        var pruned = 0
+        let started = monotonicNanoseconds()
+        do {
+            // A bounded amount per round so the fast path is never held up for long.
+            while !stopping && monotonicNanoseconds() - started < 500_000_000 {
+                let deleted = try eventLog.prune(olderThanSeconds: config.retentionSeconds, limit: 5_000)
+                pruned += deleted
+                if deleted < 5_000 { break }
+                readNotifications()
+                if hasWork && redis != nil { processPending() }
+                guard self.eventLog != nil else { return }
+            }
+        } catch where error.sqlState == "42501" {
+            logger.warning("cannot prune processed events: the worker's role may not DELETE from cache_invalidation.events (see deploy/postgres/roles.sql, or set --retention 0)", metadata: [LogKey.error: "\(error)"])
+        } catch {
+            postgresFailed(error)
+        }
+        if pruned > 0 {
+            statistics.update { $0.eventsPruned += UInt64(pruned) }
+            logger.info("pruned processed events past retention", metadata: [LogKey.events: "\(pruned)", "retention_s": "\(config.retentionSeconds)"])
+        }
+    }
+
     // MARK: Waiting and reporting
 
     private func waitForWork() {
@@ -406,7 +459,7 @@ final class Worker {
             for notification in postgres.notifications() { handle(notification) }
         }
         let now = monotonicNanoseconds()
-        var deadline = nextSummaryAt
+        var deadline = min(nextSummaryAt, postgres != nil ? nextMaintenanceAt : UInt64.max)
         if postgres == nil { deadline = min(deadline, postgresPolicy.retryAt) }
         if redis == nil { deadline = min(deadline, redisPolicy.retryAt) }
         // Work still pending (a full batch, or Redis just returned): do not sleep.

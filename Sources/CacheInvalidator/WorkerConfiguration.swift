@@ -26,6 +26,10 @@ public struct WorkerConfiguration: Sendable {
     public var reconnectInitialMilliseconds: UInt64 = 100
     public var reconnectMaximumMilliseconds: UInt64 = 10_000
     public var channel: String = "cache_invalidation"
+    /// Processed events older than this are deleted from the log; 0 keeps them forever.
+    public var retentionSeconds: UInt64 = 86_400
+    /// How often the worker verifies its triggers and prunes the log.
+    public var maintenanceIntervalNanoseconds: UInt64 = 60_000_000_000
 
     public init(databaseURL: String, redis: RedisEndpoint) {
         self.databaseURL = databaseURL

@@ -23,6 +23,9 @@ public final class WorkerStatistics: Sendable {
         public var backlog: Int64 = 0
         public var oldestPendingAgeSeconds: Double = 0
         public var slowEvents: UInt64 = 0
+        /// Expected triggers missing or disabled at the last check (-1: not checked yet).
+        public var missingTriggers: Int = -1
+        public var eventsPruned: UInt64 = 0
         /// Set once the start-up drain finished: everything committed before start is handled.
         public var initialDrainDone = false
     }

@@ -38,6 +38,8 @@ struct Run: ParsableCommand {
     var redisTimeout: String?
     @Option(help: ArgumentHelp("\(Setting.reconnectMax.help) [env: RECONNECT_MAX, default: 10s]", valueName: "duration"))
     var reconnectMax: String?
+    @Option(help: ArgumentHelp("\(Setting.retention.help) [env: RETENTION, default: 24h]", valueName: "duration"))
+    var retention: String?
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
@@ -52,6 +54,7 @@ struct Run: ParsableCommand {
         flags[.summaryInterval] = summaryInterval
         flags[.redisTimeout] = redisTimeout
         flags[.reconnectMax] = reconnectMax
+        flags[.retention] = retention
         let resolver = SettingsResolver(flags: flags)
         let configuration: WorkerConfiguration
         let logger: Logger

@@ -100,6 +100,7 @@ struct ProcessTests {
         (["run"], ["DATABASE_URL": "postgres://h/db", "SLOW_THRESHOLD": "fast"], "SLOW_THRESHOLD is \"fast\""),
         (["run"], ["DATABASE_URL": "postgres://h/db", "DELETE_COMMAND": "flushall"], "expected del or unlink"),
         (["run"], ["DATABASE_URL": "postgres://h/db", "LOG_LEVEL": "loud"], "LOG_LEVEL is \"loud\""),
+        (["run"], ["DATABASE_URL": "postgres://h/db", "RETENTION": "forever"], "RETENTION is \"forever\""),
         (["run", "--rules", "/nonexistent/rules.json"], ["DATABASE_URL": "postgres://h/db"], "/nonexistent/rules.json: cannot be read"),
     ] as [([String], [String: String], String)])
     func badConfigurationIsRefusedClearly(_ arguments: [String], _ environment: [String: String], _ expected: String) throws {
@@ -128,7 +129,7 @@ struct ProcessTests {
         // The help text is wrapped to the terminal width; compare with whitespace folded.
         let folded = outcome.output.split(whereSeparator: \.isWhitespace).joined(separator: " ")
         for variable in ["DATABASE_URL", "REDIS_URL", "KEY_PREFIX", "RULES", "DELETE_COMMAND", "BATCH_SIZE", "SLOW_THRESHOLD",
-                         "SUMMARY_INTERVAL", "REDIS_TIMEOUT", "RECONNECT_MAX", "LOG_LEVEL", "LOG_FORMAT"] {
+                         "SUMMARY_INTERVAL", "REDIS_TIMEOUT", "RECONNECT_MAX", "RETENTION", "LOG_LEVEL", "LOG_FORMAT"] {
             #expect(folded.contains("env: \(variable)"), "--help does not mention \(variable)")
         }
     }

@@ -1,5 +1,5 @@
--- The worker's PostgreSQL role: it can LISTEN, read the event log and mark events
--- processed, and nothing else. It cannot read or write the bot's tables, insert
+-- The worker's PostgreSQL role: it can LISTEN, read the event log, mark events
+-- processed and delete processed ones past retention, and nothing else. It cannot read or write the bot's tables, insert
 -- events, or call the functions that write events.
 --
 -- Apply after the migrations, as the owner of the cache_invalidation schema:
@@ -23,6 +23,8 @@ $$;
 GRANT USAGE ON SCHEMA cache_invalidation TO cache_invalidator;
 GRANT SELECT ON cache_invalidation.events TO cache_invalidator;
 GRANT UPDATE (processed_at) ON cache_invalidation.events TO cache_invalidator;
+-- Pruning processed events past the retention window (--retention; 0 disables it).
+GRANT DELETE ON cache_invalidation.events TO cache_invalidator;
 -- For `cache-invalidator check`: which triggers should exist, and the schema version.
 GRANT SELECT ON cache_invalidation.expected_triggers TO cache_invalidator;
 GRANT SELECT ON public.cache_invalidator_schema_migrations TO cache_invalidator;
