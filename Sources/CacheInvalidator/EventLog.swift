@@ -65,15 +65,15 @@ struct EventLog {
 
     /// Pending events with ids above `after`, oldest first (a drain pass).
     func fetchPending(after: Int64, limit: Int) throws(PostgresError) -> Fetched {
-        decode(try connection.execute(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after)]))
+        Self.decode(try connection.execute(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after)]))
     }
 
     /// The named events that are still pending (the fast path after notifications).
     func fetchPending(ids: [Int64]) throws(PostgresError) -> Fetched {
-        decode(try connection.execute(prepared: "ci_fetch_ids", [PostgresArray.integers(ids), knownKinds]))
+        Self.decode(try connection.execute(prepared: "ci_fetch_ids", [PostgresArray.integers(ids), knownKinds]))
     }
 
-    private func decode(_ rows: PGRows) -> Fetched {
+    static func decode(_ rows: PGRows) -> Fetched {
         var fetched = Fetched()
         fetched.rowCount = rows.rows.count
         fetched.events.reserveCapacity(rows.rows.count)

@@ -16,7 +16,7 @@ struct CacheInvalidatorCommand: ParsableCommand {
 
             Every option can also be set by an environment variable of the same name in upper case (--key-prefix is KEY_PREFIX); a flag wins over the environment. See `cache-invalidator help run`.
             """,
-        subcommands: [Run.self, Migrate.self, Check.self],
+        subcommands: [Run.self, Migrate.self, Check.self, Replay.self],
         defaultSubcommand: nil
     )
 }

@@ -1,0 +1,113 @@
+import InvalidationCore
+import PostgresClient
+import RedisClient
+
+/// `cache-invalidator replay`: runs the invalidation of a range of logged events again, processed
+/// or not (after Redis was restored from a snapshot older than some deletions, say). It only reads
+/// the log: pending events stay pending for the worker.
+public struct Replayer {
+    public struct Range: Sendable {
+        public var fromID: Int64?
+        public var toID: Int64?
+        /// A timestamp Postgres understands (`2026-11-21 10:00+00`), compared with the events' creation time.
+        public var since: String?
+
+        public init(fromID: Int64? = nil, toID: Int64? = nil, since: String? = nil) {
+            self.fromID = fromID
+            self.toID = toID
+            self.since = since
+        }
+    }
+
+    public struct Summary: Sendable, Equatable {
+        public var events = 0
+        public var firstID: Int64?
+        public var lastID: Int64?
+        public var keys = 0
+        public var patterns = 0
+        public var removed: Int64 = 0
+    }
+
+    public var configuration: WorkerConfiguration
+    public var batchSize = 1000
+
+    public init(configuration: WorkerConfiguration) {
+        self.configuration = configuration
+    }
+
+    public enum Failure: Error, CustomStringConvertible {
+        case postgres(PostgresError)
+        case redis(RedisError)
+        public var description: String {
+            switch self {
+            case .postgres(let error): return "\(error)"
+            case .redis(let error): return "\(error) — nothing after the last batch reported was replayed; run the same command again"
+            }
+        }
+    }
+
+    /// Replays `range`. With `dryRun`, deletes nothing and hands every key and pattern to `output`.
+    public func run(_ range: Range, dryRun: Bool, output: (String) -> Void) throws(Failure) -> Summary {
+        let postgres: PGConnection
+        do {
+            postgres = try PGConnection(conninfo: configuration.databaseURL, applicationName: "cache-invalidator replay")
+        } catch {
+            throw .postgres(error)
+        }
+        var invalidator: RedisInvalidator?
+        if !dryRun {
+            let endpoint = configuration.redis
+            let address: RedisAddress
+            switch endpoint.address {
+            case .tcp(let host, let port): address = .tcp(host: host, port: port)
+            case .unix(let path): address = .unix(path: path)
+            }
+            do {
+                let redis = try RedisConnection(address: address, timeoutMilliseconds: configuration.redisTimeoutMilliseconds)
+                try redis.handshake(username: endpoint.username, password: endpoint.password, database: endpoint.database)
+                invalidator = RedisInvalidator(connection: redis, deleteCommand: configuration.deleteCommand)
+            } catch {
+                throw .redis(error)
+            }
+        }
+        var summary = Summary()
+        var cursor = max(0, (range.fromID ?? 1) - 1)
+        let kinds = PostgresArray.text(EventKind.allNames)
+        while true {
+            let fetched: EventLog.Fetched
+            do {
+                fetched = EventLog.decode(try postgres.execute("""
+                    SELECT e.id, e.kind, e.payload::text, (extract(epoch FROM e.created_at) * 1000000)::int8
+                    FROM cache_invalidation.events e
+                    WHERE e.id > $1 AND ($2::int8 IS NULL OR e.id <= $2::int8)
+                      AND ($3::timestamptz IS NULL OR e.created_at >= $3::timestamptz)
+                      AND e.kind = ANY($4::text[])
+                    ORDER BY e.id LIMIT $5
+                    """, [String(cursor), range.toID.map(String.init), range.since, kinds, String(batchSize)]))
+            } catch {
+                throw .postgres(error)
+            }
+            guard fetched.rowCount > 0 else { break }
+            var plan = InvalidationPlan()
+            for event in fetched.events { configuration.rules.apply(event, prefix: configuration.keyPrefix, to: &plan) }
+            if let invalidator {
+                do {
+                    summary.removed += try invalidator.execute(plan).removed
+                } catch {
+                    throw .redis(error)
+                }
+            } else {
+                for key in plan.keys { output("key \(key)") }
+                for pattern in plan.patterns { output("pattern \(pattern)") }
+            }
+            summary.events += fetched.events.count
+            summary.keys += plan.keys.count
+            summary.patterns += plan.patterns.count
+            summary.firstID = summary.firstID ?? fetched.events.first?.id
+            summary.lastID = fetched.events.last?.id ?? summary.lastID
+            cursor = fetched.maxID
+            if fetched.rowCount < batchSize { break }
+        }
+        return summary
+    }
+}

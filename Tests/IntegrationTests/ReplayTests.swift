@@ -1,0 +1,50 @@
+import Foundation
+import Testing
+
+/// `cache-invalidator replay`: after Redis came back from an old snapshot, the keys of a range of
+/// already processed events are deleted again.
+@Suite("replay")
+struct ReplayTests {
+    static func env(_ harness: Harness) -> [String: String] {
+        ["DATABASE_URL": harness.databaseURL, "REDIS_URL": harness.servers.redisURL, "KEY_PREFIX": harness.prefix]
+    }
+
+    @Test func replaysARangeOfProcessedEvents() throws {
+        let harness = try Harness()
+        for i in 1...5 { try harness.sql(DeliveryTests.settledTrade(40 + i, "0xr\(i)")) }
+        harness.startWorker()
+        try harness.waitUntilProcessed()
+        harness.stopWorker()
+        let ids = try harness.sql("SELECT id FROM cache_invalidation.events ORDER BY id").rows.map { $0[0]! }
+        // Redis "restored from a snapshot": the stale keys are back.
+        let keys = (1...5).map { "tx:\(40 + $0):0xr\($0)" }
+        try harness.seed(keys)
+
+        let dry = try ProcessTests.run(["replay", "--from-id", ids[1], "--to-id", ids[3], "--dry-run"], environment: Self.env(harness))
+        #expect(dry.status == 0, "\(dry.output)")
+        #expect(dry.output.contains("key \(harness.prefix)tx:42:0xr2") && dry.output.contains("key \(harness.prefix)tx:44:0xr4"), "\(dry.output)")
+        #expect(!dry.output.contains("tx:41:0xr1") && !dry.output.contains("tx:45:0xr5"))
+        #expect(dry.output.contains("dry run: 3 events (ids \(ids[1])-\(ids[3])) would delete 15 keys and scan 0 patterns"), "\(dry.output)")
+        #expect(try harness.deleted(among: keys).isEmpty, "a dry run deletes nothing")
+
+        let real = try ProcessTests.run(["replay", "--from-id", ids[1], "--to-id", ids[3]], environment: Self.env(harness))
+        #expect(real.status == 0, "\(real.output)")
+        #expect(real.output.contains("replayed 3 events (ids \(ids[1])-\(ids[3])): 15 keys deleted (3 existed)"), "\(real.output)")
+        #expect(try harness.deleted(among: keys) == ["tx:42:0xr2", "tx:43:0xr3", "tx:44:0xr4"])
+
+        let since = try ProcessTests.run(["replay", "--since", "1h"], environment: Self.env(harness))
+        #expect(since.status == 0 && since.output.contains("replayed 5 events"), "\(since.output)")
+        #expect(try harness.deleted(among: keys).count == 5)
+        #expect(try harness.pendingCount == 0)
+    }
+
+    @Test func refusesAMissingOrBackwardRange() throws {
+        let none = try ProcessTests.run(["replay"], environment: ["DATABASE_URL": "postgres://h/db"])
+        #expect(none.status != 0 && none.output.contains("give a range: --since TIME or --from-id N"), "\(none.output)")
+        let backward = try ProcessTests.run(["replay", "--from-id", "10", "--to-id", "5"], environment: ["DATABASE_URL": "postgres://h/db"])
+        #expect(backward.status != 0 && backward.output.contains("--to-id 5 is below --from-id 10"), "\(backward.output)")
+        let harness = try Harness()
+        let badTime = try ProcessTests.run(["replay", "--since", "last tuesday-ish"], environment: Self.env(harness))
+        #expect(badTime.status == 1 && badTime.output.contains("22007"), "\(badTime.output)")
+    }
+}
