@@ -101,14 +101,8 @@ public struct HealthCheck {
 
     private func redisFinding() -> Finding {
         let endpoint = configuration.redis
-        let address: RedisAddress
-        switch endpoint.address {
-        case .tcp(let host, let port): address = .tcp(host: host, port: port)
-        case .unix(let path): address = .unix(path: path)
-        }
         do {
-            let connection = try RedisConnection(address: address, timeoutMilliseconds: configuration.redisTimeoutMilliseconds)
-            try connection.handshake(username: endpoint.username, password: endpoint.password, database: endpoint.database)
+            let connection = try endpoint.connect(timeoutMilliseconds: configuration.redisTimeoutMilliseconds)
             // Deleting a key that does not exist proves the permission the worker needs, harmlessly.
             let probe = configuration.keyPrefix + "cache-invalidator:check"
             let reply = try connection.command([configuration.deleteCommand.argument, Array(probe.utf8)])

@@ -56,15 +56,8 @@ public struct Replayer {
         }
         var invalidator: RedisInvalidator?
         if !dryRun {
-            let endpoint = configuration.redis
-            let address: RedisAddress
-            switch endpoint.address {
-            case .tcp(let host, let port): address = .tcp(host: host, port: port)
-            case .unix(let path): address = .unix(path: path)
-            }
             do {
-                let redis = try RedisConnection(address: address, timeoutMilliseconds: configuration.redisTimeoutMilliseconds)
-                try redis.handshake(username: endpoint.username, password: endpoint.password, database: endpoint.database)
+                let redis = try configuration.redis.connect(timeoutMilliseconds: configuration.redisTimeoutMilliseconds)
                 invalidator = RedisInvalidator(connection: redis, deleteCommand: configuration.deleteCommand)
             } catch {
                 throw .redis(error)

@@ -135,13 +135,7 @@ final class Worker {
 
     private func connectRedis() {
         do {
-            let address: RedisAddress
-            switch config.redis.address {
-            case .tcp(let host, let port): address = .tcp(host: host, port: port)
-            case .unix(let path): address = .unix(path: path)
-            }
-            let connection = try RedisConnection(address: address, timeoutMilliseconds: config.redisTimeoutMilliseconds)
-            try connection.handshake(username: config.redis.username, password: config.redis.password, database: config.redis.database)
+            let connection = try config.redis.connect(timeoutMilliseconds: config.redisTimeoutMilliseconds)
             try ping(connection)
             redis = connection
             invalidator = RedisInvalidator(connection: connection, deleteCommand: config.deleteCommand)

@@ -21,7 +21,40 @@ struct CacheInvalidatorCommand: ParsableCommand {
     )
 }
 
-/// Options every subcommand that talks to Postgres shares.
+/// Where the servers are and which keys are ours: shared by run, check and replay.
+struct ServerOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("\(Setting.databaseURL.help) [env: DATABASE_URL]", valueName: "url"))
+    var databaseURL: String?
+    @Option(help: ArgumentHelp("\(Setting.redisURL.help) [env: REDIS_URL, default: redis://127.0.0.1:6379/0]", valueName: "url"))
+    var redisURL: String?
+    @Option(help: ArgumentHelp("\(Setting.keyPrefix.help) [env: KEY_PREFIX, default: area51:]", valueName: "prefix"))
+    var keyPrefix: String?
+    @Option(help: ArgumentHelp("\(Setting.rules.help) [env: RULES]", valueName: "file"))
+    var rules: String?
+    @Option(help: ArgumentHelp("\(Setting.deleteCommand.help) [env: DELETE_COMMAND, default: unlink]", valueName: "del|unlink"))
+    var deleteCommand: String?
+
+    var flags: [Setting: String] {
+        var f: [Setting: String] = [:]
+        f[.databaseURL] = databaseURL
+        f[.redisURL] = redisURL
+        f[.keyPrefix] = keyPrefix
+        f[.rules] = rules
+        f[.deleteCommand] = deleteCommand
+        return f
+    }
+
+    /// The resolved configuration, or exit 2 with the reason.
+    func configuration(adding extra: [Setting: String] = [:]) -> WorkerConfiguration {
+        do {
+            return try SettingsResolver(flags: flags.merging(extra) { $1 }).workerConfiguration()
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+/// Log level and format, shared by every subcommand that logs.
 struct LoggingOptions: ParsableArguments {
     @Option(help: ArgumentHelp("\(Setting.logLevel.help) [env: LOG_LEVEL, default: info]"))
     var logLevel: String?

@@ -19,16 +19,7 @@ struct Replay: ParsableCommand {
     @Option(help: "First event id of the range.") var fromID: Int64?
     @Option(help: "Last event id of the range.") var toID: Int64?
     @Flag(help: "List the keys and patterns instead of deleting them.") var dryRun = false
-    @Option(help: ArgumentHelp("\(Setting.databaseURL.help) [env: DATABASE_URL]", valueName: "url"))
-    var databaseURL: String?
-    @Option(help: ArgumentHelp("\(Setting.redisURL.help) [env: REDIS_URL, default: redis://127.0.0.1:6379/0]", valueName: "url"))
-    var redisURL: String?
-    @Option(help: ArgumentHelp("\(Setting.keyPrefix.help) [env: KEY_PREFIX, default: area51:]", valueName: "prefix"))
-    var keyPrefix: String?
-    @Option(help: ArgumentHelp("\(Setting.rules.help) [env: RULES]", valueName: "file"))
-    var rules: String?
-    @Option(help: ArgumentHelp("\(Setting.deleteCommand.help) [env: DELETE_COMMAND, default: unlink]", valueName: "del|unlink"))
-    var deleteCommand: String?
+    @OptionGroup var servers: ServerOptions
 
     func validate() throws {
         guard since != nil || fromID != nil else {
@@ -39,18 +30,7 @@ struct Replay: ParsableCommand {
     }
 
     func run() throws {
-        var flags: [Setting: String] = [:]
-        flags[.databaseURL] = databaseURL
-        flags[.redisURL] = redisURL
-        flags[.keyPrefix] = keyPrefix
-        flags[.rules] = rules
-        flags[.deleteCommand] = deleteCommand
-        let configuration: WorkerConfiguration
-        do {
-            configuration = try SettingsResolver(flags: flags).workerConfiguration()
-        } catch {
-            fail(error)
-        }
+        let configuration = servers.configuration()
         var sinceTimestamp = since
         if let since, let nanoseconds = DurationText.parse(since), since.last?.isLetter == true {
             // "15m" means fifteen minutes ago; anything else is left to Postgres to parse.

@@ -18,16 +18,7 @@ struct Run: ParsableCommand {
               DATABASE_URL=postgres://worker:secret@db/app REDIS_URL=redis://cache:6379 cache-invalidator run
             """)
 
-    @Option(help: ArgumentHelp("\(Setting.databaseURL.help) [env: DATABASE_URL]", valueName: "url"))
-    var databaseURL: String?
-    @Option(help: ArgumentHelp("\(Setting.redisURL.help) [env: REDIS_URL, default: redis://127.0.0.1:6379/0]", valueName: "url"))
-    var redisURL: String?
-    @Option(help: ArgumentHelp("\(Setting.keyPrefix.help) [env: KEY_PREFIX, default: area51:]", valueName: "prefix"))
-    var keyPrefix: String?
-    @Option(help: ArgumentHelp("\(Setting.rules.help) [env: RULES]", valueName: "file"))
-    var rules: String?
-    @Option(help: ArgumentHelp("\(Setting.deleteCommand.help) [env: DELETE_COMMAND, default: unlink]", valueName: "del|unlink"))
-    var deleteCommand: String?
+    @OptionGroup var servers: ServerOptions
     @Option(help: ArgumentHelp("\(Setting.batchSize.help) [env: BATCH_SIZE, default: 1000]", valueName: "n"))
     var batchSize: String?
     @Option(help: ArgumentHelp("\(Setting.slowThreshold.help) [env: SLOW_THRESHOLD, default: 100ms]", valueName: "duration"))
@@ -43,12 +34,7 @@ struct Run: ParsableCommand {
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
-        var flags = logging.flags
-        flags[.databaseURL] = databaseURL
-        flags[.redisURL] = redisURL
-        flags[.keyPrefix] = keyPrefix
-        flags[.rules] = rules
-        flags[.deleteCommand] = deleteCommand
+        var flags = logging.flags.merging(servers.flags) { $1 }
         flags[.batchSize] = batchSize
         flags[.slowThreshold] = slowThreshold
         flags[.summaryInterval] = summaryInterval
