@@ -10,9 +10,10 @@ struct CacheInvalidatorCommand: ParsableCommand {
         commandName: "cache-invalidator",
         abstract: "Keeps a Redis cache consistent with PostgreSQL: triggers log each change, this worker deletes the stale keys.",
         discussion: """
-            Quick start:
-              cache-invalidator migrate up      apply the SQL migrations (event log, triggers)
-              cache-invalidator run             delete stale keys as the bot's writes commit
+            Quick start (DATABASE_URL and REDIS_URL set):
+              cache-invalidator migrate   apply the SQL migrations
+              cache-invalidator check     verify servers, privileges, triggers
+              cache-invalidator run       delete stale keys as writes commit
 
             Every option can also be set by an environment variable of the same name in upper case (--key-prefix is KEY_PREFIX); a flag wins over the environment. See `cache-invalidator help run`.
             """,
