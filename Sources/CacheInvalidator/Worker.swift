@@ -42,6 +42,7 @@ final class Worker {
     private var nextMaintenanceAt: UInt64 = 0
     private var triggerCheckDenied = false
     static let slowWarningsPerBatch = 10
+    static let maximumNamedIDs = 100_000
     private let debugEnabled: Bool
     private var nextSummaryAt: UInt64
 
@@ -214,6 +215,14 @@ final class Worker {
             let id = try NotificationPayload.parseEventID(notification.payload)
             // Already handled (it came in an earlier batch): nothing to fetch.
             if !recentIDs.contains(id) { namedIDs.insert(id) }
+            if namedIDs.count > Self.maximumNamedIDs {
+                // A flood (forged ids, or Redis away for long under load): stop remembering ids
+                // and drain the log instead, which finds every real event. Bounded memory.
+                namedIDs.removeAll(keepingCapacity: false)
+                needsDrain = true
+                logger.warning("over \(Self.maximumNamedIDs) notified events waiting; draining the log instead of fetching them by id", metadata: [
+                    LogKey.redis: "\(redis != nil ? "up" : "down")"])
+            }
         } catch {
             statistics.update { $0.malformedNotifications += 1 }
             logger.warning("ignored malformed notification", metadata: [
