@@ -12,6 +12,7 @@ public enum LogKey {
     public static let p50 = "lag_p50_ms"
     public static let p99 = "lag_p99_ms"
     public static let max = "lag_max_ms"
+    public static let slowEvents = "slow_events"
     public static let postgres = "postgres"
     public static let redis = "redis"
     public static let target = "target"

@@ -41,7 +41,9 @@ final class Worker {
     /// Trigger check and pruning: right after connecting, then every maintenance interval.
     private var nextMaintenanceAt: UInt64 = 0
     private var triggerCheckDenied = false
-    static let slowWarningsPerBatch = 10
+    /// Per-event slow warnings per summary interval; the rest are counted in the summary line.
+    static let slowWarningsPerInterval = 20
+    private var slowThisInterval = 0
     static let maximumNamedIDs = 100_000
     private let debugEnabled: Bool
     private var nextSummaryAt: UInt64
@@ -344,7 +346,6 @@ final class Worker {
     private func record(_ fetched: EventLog.Fetched, plan: InvalidationPlan, outcome: RedisInvalidator.Outcome, confirmedAt: Int64) {
         var byKind: [EventKind: UInt64] = [:]
         var slow = 0
-        var slowest: Int64 = 0
         for event in fetched.events {
             let lag = confirmedAt - event.startMicros * 1000
             interval.record(lagNanoseconds: lag)
@@ -353,10 +354,13 @@ final class Worker {
             recentIDs.insert(event.id)
             if lag > Int64(config.slowThresholdNanoseconds) {
                 slow += 1
-                slowest = max(slowest, lag)
+                slowThisInterval += 1
                 // One line per slow event, but a drained backlog of 100,000 old events must not
-                // become 100,000 warnings: past the first few in a batch, one line counts the rest.
-                guard slow <= Self.slowWarningsPerBatch else { continue }
+                // become 100,000 warnings: past the first few per interval, the summary counts them.
+                if slowThisInterval == Self.slowWarningsPerInterval + 1 {
+                    logger.warning("more slow invalidations this interval; the lag summary counts them (slow_events)")
+                }
+                guard slowThisInterval <= Self.slowWarningsPerInterval else { continue }
                 logger.warning("slow invalidation", metadata: [
                     LogKey.event: "\(event.id)", LogKey.kind: "\(event.kind.rawValue)",
                     LogKey.lagMilliseconds: "\(formatMilliseconds(UInt64(lag)))",
@@ -369,12 +373,6 @@ final class Worker {
                     LogKey.keys: "\(keys.keys.count)", LogKey.patterns: "\(keys.patterns.count)",
                     LogKey.lagMilliseconds: "\(formatMilliseconds(UInt64(max(0, lag))))"])
             }
-        }
-        if slow > Self.slowWarningsPerBatch {
-            logger.warning("more slow invalidations in this batch", metadata: [
-                LogKey.events: "\(slow - Self.slowWarningsPerBatch)",
-                LogKey.max: "\(formatMilliseconds(UInt64(slowest)))",
-                LogKey.thresholdMilliseconds: "\(formatMilliseconds(config.slowThresholdNanoseconds))"])
         }
         interval.add(keys: plan.keys.count)
         statistics.update { s in
@@ -505,6 +503,8 @@ final class Worker {
         metadata[LogKey.p50] = "\(formatMilliseconds(summary.p50Nanoseconds))"
         metadata[LogKey.p99] = "\(formatMilliseconds(summary.p99Nanoseconds))"
         metadata[LogKey.max] = "\(formatMilliseconds(summary.maxNanoseconds))"
+        metadata[LogKey.slowEvents] = "\(slowThisInterval)"
+        slowThisInterval = 0
         metadata[LogKey.postgres] = "\(postgres != nil ? "up" : "down")"
         metadata[LogKey.redis] = "\(redis != nil ? "up" : "down")"
         logger.info("lag summary", metadata: metadata)

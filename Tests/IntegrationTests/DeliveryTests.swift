@@ -27,6 +27,20 @@ struct DeliveryTests {
         harness.stopWorker()
     }
 
+    /// A drained backlog is all "slow": a bounded number of warning lines, and the summary counts them all.
+    @Test func slowWarningsAreBoundedAndCounted() throws {
+        let harness = try Harness()
+        for i in 1...100 { try harness.sql(Self.settledTrade(i, "0xslow\(i)")) }
+        usleep(20_000)
+        harness.startWorker { $0.slowThresholdNanoseconds = 1_000_000; $0.summaryIntervalNanoseconds = 60_000_000_000 }
+        try harness.waitUntilProcessed()
+        harness.stopWorker()
+        let lines = harness.logs.captured
+        #expect(lines.filter { $0.contains("msg=\"slow invalidation\"") }.count == 20)
+        #expect(lines.filter { $0.contains("more slow invalidations this interval") }.count == 1)
+        #expect(lines.contains { $0.contains("msg=\"lag summary\"") && $0.hasSuffix(" slow_events=100") }, "\(lines.filter { $0.contains("lag summary") })")
+    }
+
     /// An event whose transaction commits after a later id is neither skipped nor held up by it.
     @Test func lateCommitOfALowerIdIsProcessed() throws {
         let harness = try Harness()
