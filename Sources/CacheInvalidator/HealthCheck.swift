@@ -62,16 +62,29 @@ public struct HealthCheck {
             } else {
                 findings.append(Finding(ok: true, subject: "migrations", detail: "event log present (version table not readable by this role)"))
             }
+        } catch {
+            findings.append(Finding(ok: false, subject: "postgres", detail: "\(error)"))
+            return findings
+        }
+        // Each section on its own: one failing query must not hide the other findings.
+        func section(_ subject: String, _ body: () throws(PostgresError) -> [Finding]) {
+            do { findings += try body() } catch { findings.append(Finding(ok: false, subject: subject, detail: "\(error)")) }
+        }
+        section("privileges") { () throws(PostgresError) -> [Finding] in
             let privileges = try query("""
                 SELECT has_schema_privilege('cache_invalidation', 'USAGE'),
                        has_table_privilege('cache_invalidation.events', 'SELECT'),
-                       has_column_privilege('cache_invalidation.events', 'processed_at', 'UPDATE')
+                       has_column_privilege('cache_invalidation.events', 'processed_at', 'UPDATE'),
+                       has_table_privilege('cache_invalidation.events', 'DELETE')
                 """)
-            let missing = zip(["USAGE on schema cache_invalidation", "SELECT on cache_invalidation.events", "UPDATE (processed_at) on cache_invalidation.events"], privileges.rows[0])
-                .filter { $0.1 != "t" }.map(\.0)
-            findings.append(Finding(ok: missing.isEmpty, subject: "privileges",
-                                    detail: missing.isEmpty ? "can read and acknowledge events" : "missing \(missing.joined(separator: ", ")); apply deploy/postgres/roles.sql"))
-            findings += try triggerFindings(connection)
+            var needed = ["USAGE on schema cache_invalidation", "SELECT on cache_invalidation.events", "UPDATE (processed_at) on cache_invalidation.events"]
+            if configuration.retentionSeconds > 0 { needed.append("DELETE on cache_invalidation.events (for --retention)") }
+            let missing = zip(needed, privileges.rows[0]).filter { $0.1 != "t" }.map(\.0)
+            return [Finding(ok: missing.isEmpty, subject: "privileges",
+                            detail: missing.isEmpty ? "can read, acknowledge\(configuration.retentionSeconds > 0 ? " and prune" : "") events" : "missing \(missing.joined(separator: ", ")); apply deploy/postgres/roles.sql")]
+        }
+        section("triggers") { () throws(PostgresError) -> [Finding] in try triggerFindings(connection) }
+        section("backlog") { () throws(PostgresError) -> [Finding] in
             let backlog = try query("""
                 SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8
                 FROM cache_invalidation.events WHERE processed_at IS NULL
@@ -79,15 +92,16 @@ public struct HealthCheck {
             let pending = Int64(backlog[0, 0] ?? "0") ?? 0
             let age = Double(backlog[0, 1] ?? "0") ?? 0
             let backlogOK = pending <= maximumBacklog && age <= maximumOldestAgeSeconds
-            findings.append(Finding(ok: backlogOK, subject: "backlog",
-                                    detail: "\(pending) events pending, oldest \(String(format: "%.1f", age)) s" + (backlogOK ? "" : " (limits: \(maximumBacklog) events, \(Int(maximumOldestAgeSeconds)) s); is a worker running and Redis reachable?")))
+            return [Finding(ok: backlogOK, subject: "backlog",
+                            detail: "\(pending) events pending, oldest \(String(format: "%.1f", age)) s" + (backlogOK ? "" : " (limits: \(maximumBacklog) events, \(Int(maximumOldestAgeSeconds)) s); is a worker running and Redis reachable?"))]
+        }
+        section("notify queue") { () throws(PostgresError) -> [Finding] in
             let usage = Double(try query("SELECT pg_notification_queue_usage()")[0, 0] ?? "0") ?? 0
-            findings.append(Finding(ok: usage <= maximumQueueUsage, subject: "notify queue",
-                                    detail: "\(String(format: "%.4f", usage * 100)) % used" + (usage <= maximumQueueUsage ? "" : "; a listener is not reading (a stuck session LISTENing?): when full, the bot's commits fail")))
-        } catch {
-            findings.append(Finding(ok: false, subject: "postgres", detail: "\(error)"))
+            return [Finding(ok: usage <= maximumQueueUsage, subject: "notify queue",
+                            detail: "\(String(format: "%.4f", usage * 100)) % used" + (usage <= maximumQueueUsage ? "" : "; a listener is not reading (a stuck session LISTENing?): when full, the bot's commits fail"))]
         }
         return findings
+
     }
 
     /// Every expected trigger exists on its table and is enabled: a DBA who recreates or alters a
@@ -109,7 +123,12 @@ public struct HealthCheck {
             if case .error(let message) = reply {
                 return Finding(ok: false, subject: "redis", detail: "\(endpoint): \(configuration.deleteCommand.rawValue.uppercased()) refused: \(message)")
             }
-            return Finding(ok: true, subject: "redis", detail: "connected to \(endpoint), \(configuration.deleteCommand.rawValue.uppercased()) allowed under \(configuration.keyPrefix.debugDescription)")
+            // Pattern rules (wallet deleted, truncates) need SCAN too.
+            let scan = try connection.command(["SCAN", "0", "MATCH", GlobPattern.escape(probe), "COUNT", "1"].map { Array($0.utf8) })
+            if case .error(let message) = scan {
+                return Finding(ok: false, subject: "redis", detail: "\(endpoint): SCAN refused (pattern rules need it): \(message)")
+            }
+            return Finding(ok: true, subject: "redis", detail: "connected to \(endpoint), \(configuration.deleteCommand.rawValue.uppercased()) and SCAN allowed under \(configuration.keyPrefix.debugDescription)")
         } catch {
             return Finding(ok: false, subject: "redis", detail: "\(error)")
         }

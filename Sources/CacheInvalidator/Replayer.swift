@@ -5,17 +5,23 @@ import RedisClient
 /// `cache-invalidator replay`: runs the invalidation of a range of logged events again, processed
 /// or not (after Redis was restored from a snapshot older than some deletions, say). It only reads
 /// the log: pending events stay pending for the worker.
+///
+/// `--since T` takes every event created or processed at or after T, and every pending one: a
+/// deletion is lost by a restore to T if it was performed after T, whenever its event was created.
 public struct Replayer {
     public struct Range: Sendable {
         public var fromID: Int64?
         public var toID: Int64?
-        /// A timestamp Postgres understands (`2026-11-21 10:00+00`), compared with the events' creation time.
+        /// A timestamp Postgres understands (`2026-11-21 10:00+00`).
         public var since: String?
+        /// Or a time this long before now, on the database's clock.
+        public var sinceMillisecondsAgo: Int64?
 
-        public init(fromID: Int64? = nil, toID: Int64? = nil, since: String? = nil) {
+        public init(fromID: Int64? = nil, toID: Int64? = nil, since: String? = nil, sinceMillisecondsAgo: Int64? = nil) {
             self.fromID = fromID
             self.toID = toID
             self.since = since
+            self.sinceMillisecondsAgo = sinceMillisecondsAgo
         }
     }
 
@@ -26,6 +32,8 @@ public struct Replayer {
         public var keys = 0
         public var patterns = 0
         public var removed: Int64 = 0
+        /// The resolved --since, as the database read it.
+        public var cutoff: String?
     }
 
     public var configuration: WorkerConfiguration
@@ -41,7 +49,7 @@ public struct Replayer {
         public var description: String {
             switch self {
             case .postgres(let error): return "\(error)"
-            case .redis(let error): return "\(error) — nothing after the last batch reported was replayed; run the same command again"
+            case .redis(let error): return "\(error) — part of the range may not have been replayed; replaying is idempotent, run the same command again"
             }
         }
     }
@@ -66,6 +74,18 @@ public struct Replayer {
         var summary = Summary()
         var cursor = max(0, (range.fromID ?? 1) - 1)
         let kinds = PostgresArray.text(EventKind.allNames)
+        // The cutoff is resolved once, on the database's clock (not this machine's).
+        var cutoff: String? = nil
+        do {
+            if let ago = range.sinceMillisecondsAgo {
+                cutoff = try postgres.execute("SELECT (now() - $1::int8 * interval '1 ms')::text", [String(ago)])[0, 0]
+            } else if let since = range.since {
+                cutoff = try postgres.execute("SELECT $1::timestamptz::text", [since])[0, 0]
+            }
+        } catch {
+            throw .postgres(error)
+        }
+        summary.cutoff = cutoff
         while true {
             let fetched: EventLog.Fetched
             do {
@@ -73,10 +93,11 @@ public struct Replayer {
                     SELECT e.id, e.kind, e.payload::text, (extract(epoch FROM e.created_at) * 1000000)::int8
                     FROM cache_invalidation.events e
                     WHERE e.id > $1 AND ($2::int8 IS NULL OR e.id <= $2::int8)
-                      AND ($3::timestamptz IS NULL OR e.created_at >= $3::timestamptz)
+                      AND ($3::timestamptz IS NULL OR e.created_at >= $3::timestamptz
+                           OR e.processed_at >= $3::timestamptz OR e.processed_at IS NULL)
                       AND e.kind = ANY($4::text[])
                     ORDER BY e.id LIMIT $5
-                    """, [String(cursor), range.toID.map(String.init), range.since, kinds, String(batchSize)]))
+                    """, [String(cursor), range.toID.map(String.init), cutoff, kinds, String(batchSize)]))
             } catch {
                 throw .postgres(error)
             }
@@ -90,8 +111,9 @@ public struct Replayer {
                     throw .redis(error)
                 }
             } else {
-                for key in plan.keys { output("key \(key)") }
-                for pattern in plan.patterns { output("pattern \(pattern)") }
+                // Quoted with escapes: a value holding a newline must not forge another line.
+                for key in plan.keys { output("key \(LogfmtLogHandler.quoted(key))") }
+                for pattern in plan.patterns { output("pattern \(LogfmtLogHandler.quoted(pattern))") }
             }
             summary.events += fetched.events.count
             summary.keys += plan.keys.count

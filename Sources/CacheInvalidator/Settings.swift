@@ -154,6 +154,9 @@ public struct SettingsResolver {
         let reconnectMax = try duration(.reconnectMax, minimum: 100_000_000)
         config.reconnectMaximumMilliseconds = reconnectMax / 1_000_000
         let retention = try duration(.retention, minimum: 0)
+        guard retention == 0 || retention >= 1_000_000_000 else {
+            throw ConfigurationError("\(origin(.retention)) is \(value(.retention)!.debugDescription); expected 0 (keep forever) or at least 1s, e.g. 24h or 7d")
+        }
         config.retentionSeconds = retention / 1_000_000_000
         return config
     }

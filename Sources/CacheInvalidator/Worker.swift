@@ -41,10 +41,10 @@ final class Worker {
     /// Trigger check and pruning: right after connecting, then every maintenance interval.
     private var nextMaintenanceAt: UInt64 = 0
     private var triggerCheckDenied = false
+    private var pruneDenied = false
     /// Per-event slow warnings per summary interval; the rest are counted in the summary line.
     static let slowWarningsPerInterval = 20
     private var slowThisInterval = 0
-    static let maximumNamedIDs = 100_000
     private let debugEnabled: Bool
     private var nextSummaryAt: UInt64
 
@@ -55,8 +55,8 @@ final class Worker {
         self.wake = wake
         self.stopRequested = stopRequested
         let backoff = Backoff(initialMilliseconds: config.reconnectInitialMilliseconds, maximumMilliseconds: config.reconnectMaximumMilliseconds)
-        self.postgresPolicy = ReconnectPolicy(backoff: backoff)
-        self.redisPolicy = ReconnectPolicy(backoff: backoff)
+        self.postgresPolicy = ReconnectPolicy(backoff: backoff, immediateRetryAfterUptimeNanoseconds: config.immediateReconnectAfterUptimeNanoseconds)
+        self.redisPolicy = ReconnectPolicy(backoff: backoff, immediateRetryAfterUptimeNanoseconds: config.immediateReconnectAfterUptimeNanoseconds)
         self.nextSummaryAt = monotonicNanoseconds() + config.summaryIntervalNanoseconds
         self.debugEnabled = logger.logLevel <= .debug
     }
@@ -215,15 +215,17 @@ final class Worker {
     private func handle(_ notification: PGNotification) {
         do {
             let id = try NotificationPayload.parseEventID(notification.payload)
+            // While Redis is away nothing is fetched, and reconnecting drains the whole log:
+            // remembering ids meanwhile would only let a flood of notifications grow memory.
+            guard redis != nil else { needsDrain = true; return }
             // Already handled (it came in an earlier batch): nothing to fetch.
             if !recentIDs.contains(id) { namedIDs.insert(id) }
-            if namedIDs.count > Self.maximumNamedIDs {
+            if namedIDs.count > max(4 * config.batchSize, 10_000) {
                 // A flood (forged ids, or Redis away for long under load): stop remembering ids
                 // and drain the log instead, which finds every real event. Bounded memory.
                 namedIDs.removeAll(keepingCapacity: false)
                 needsDrain = true
-                logger.warning("over \(Self.maximumNamedIDs) notified events waiting; draining the log instead of fetching them by id", metadata: [
-                    LogKey.redis: "\(redis != nil ? "up" : "down")"])
+                logger.warning("too many notified events waiting; draining the log instead of fetching them by id")
             }
         } catch {
             statistics.update { $0.malformedNotifications += 1 }
@@ -246,8 +248,8 @@ final class Worker {
         }
         while !namedIDs.isEmpty && !stopping {
             guard let eventLog else { return }
-            // Bounded, so a flood of (forged) ids is handled in slices, not one giant query.
-            let ids = Array(namedIDs.sorted().prefix(config.batchSize))
+            // Bounded, so a burst of ids is handled in slices, not one giant query.
+            let ids = namedIDs.count <= config.batchSize ? namedIDs.sorted() : Array(namedIDs.sorted().prefix(config.batchSize))
             let fetched: EventLog.Fetched
             do {
                 fetched = try eventLog.fetchPending(ids: ids)
@@ -427,8 +429,14 @@ final class Worker {
             postgresFailed(error)
             return
         }
-        guard config.retentionSeconds > 0 else { return }
+        guard config.retentionSeconds > 0, !pruneDenied else { return }
         var pruned = 0
+        defer {
+            if pruned > 0 {
+                statistics.update { $0.eventsPruned += UInt64(pruned) }
+                logger.info("pruned processed events past retention", metadata: [LogKey.events: "\(pruned)", "retention_s": "\(config.retentionSeconds)"])
+            }
+        }
         let started = monotonicNanoseconds()
         do {
             // A bounded amount per round so the fast path is never held up for long.
@@ -441,13 +449,13 @@ final class Worker {
                 guard self.eventLog != nil else { return }
             }
         } catch where error.sqlState == "42501" {
-            logger.warning("cannot prune processed events: the worker's role may not DELETE from cache_invalidation.events (see deploy/postgres/roles.sql, or set --retention 0)", metadata: [LogKey.error: "\(error)"])
+            pruneDenied = true
+            logger.warning("cannot prune processed events: the worker's role may not DELETE from cache_invalidation.events (see deploy/postgres/roles.sql, or set --retention 0); pruning is off until restart", metadata: [LogKey.error: "\(error)"])
+        } catch where error.sqlState == "57014" || error.sqlState == "55P03" {
+            // Timed out or locked out: the connection is fine, try again next round.
+            logger.warning("pruning processed events timed out; will try again", metadata: [LogKey.error: "\(error)"])
         } catch {
             postgresFailed(error)
-        }
-        if pruned > 0 {
-            statistics.update { $0.eventsPruned += UInt64(pruned) }
-            logger.info("pruned processed events past retention", metadata: [LogKey.events: "\(pruned)", "retention_s": "\(config.retentionSeconds)"])
         }
     }
 

@@ -25,6 +25,8 @@ public struct WorkerConfiguration: Sendable {
     public var redisTimeoutMilliseconds: Int = 2000
     public var reconnectInitialMilliseconds: UInt64 = 100
     public var reconnectMaximumMilliseconds: UInt64 = 10_000
+    /// A connection that worked at least this long and then drops is retried at once.
+    public var immediateReconnectAfterUptimeNanoseconds: UInt64 = 30_000_000_000
     public var channel: String = "cache_invalidation"
     /// Processed events older than this are deleted from the log; 0 keeps them forever.
     public var retentionSeconds: UInt64 = 86_400

@@ -6,8 +6,9 @@
 /// connection and fail the first command. Backoff is reset and "up" reported only then, so such
 /// a failure backs off and is reported once instead of reconnecting every 100 ms.
 ///
-/// A healthy connection that drops (an idle timeout, a proxy, a failover) is retried at once,
-/// once, before backing off: the next event should not pay a backoff for a routine reconnect.
+/// A healthy connection that drops (an idle timeout, a proxy, a failover) after working for a while
+/// is retried at once, before backing off: the next event should not pay a backoff for a routine
+/// reconnect.
 public struct ReconnectPolicy: Sendable {
     public private(set) var health = HealthTracker()
     public private(set) var backoff: Backoff
@@ -15,10 +16,14 @@ public struct ReconnectPolicy: Sendable {
     public private(set) var retryAt: UInt64 = 0
     /// A round trip has worked since the connection opened.
     public private(set) var verified = false
-    private var immediateRetryAvailable = false
+    private var verifiedAt: UInt64 = 0
+    /// A connection must have worked this long before its drop earns an immediate retry: a
+    /// server or proxy that kills every session at once gets backoff, not a reconnect storm.
+    public var immediateRetryMinimumUptimeNanoseconds: UInt64
 
-    public init(backoff: Backoff) {
+    public init(backoff: Backoff, immediateRetryAfterUptimeNanoseconds: UInt64 = 30_000_000_000) {
         self.backoff = backoff
+        self.immediateRetryMinimumUptimeNanoseconds = immediateRetryAfterUptimeNanoseconds
     }
 
     public func mayConnect(now: UInt64) -> Bool { now >= retryAt }
@@ -32,7 +37,7 @@ public struct ReconnectPolicy: Sendable {
     public mutating func roundTripSucceeded(now: UInt64) -> HealthTracker.Transition? {
         guard !verified else { return nil }
         verified = true
-        immediateRetryAvailable = true
+        verifiedAt = now
         backoff.reset()
         return health.succeeded(now: now)
     }
@@ -48,9 +53,8 @@ public struct ReconnectPolicy: Sendable {
     /// The connection failed. `connectionDropped` is true when the connection itself broke
     /// (as opposed to the server refusing a command or a connection attempt failing).
     public mutating func failed<R: RandomNumberGenerator>(now: UInt64, connectionDropped: Bool, using generator: inout R) -> FailureAction {
-        if verified && connectionDropped && immediateRetryAvailable {
+        if verified && connectionDropped && now &- verifiedAt >= immediateRetryMinimumUptimeNanoseconds {
             verified = false
-            immediateRetryAvailable = false
             retryAt = now
             return .retryNow
         }

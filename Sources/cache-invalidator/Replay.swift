@@ -14,7 +14,7 @@ struct Replay: ParsableCommand {
               cache-invalidator replay --from-id 90211 --to-id 90500 --dry-run
             """)
 
-    @Option(help: ArgumentHelp("Events created at or after this time: a duration ago (15m, 2h) or a timestamp Postgres accepts.", valueName: "time"))
+    @Option(help: ArgumentHelp("Events created or processed at or after this time, and all pending ones: a duration ago (15m, 2h) or a timestamp Postgres accepts.", valueName: "time"))
     var since: String?
     @Option(help: "First event id of the range.") var fromID: Int64?
     @Option(help: "Last event id of the range.") var toID: Int64?
@@ -31,25 +31,28 @@ struct Replay: ParsableCommand {
 
     func run() throws {
         let configuration = servers.configuration()
-        var sinceTimestamp = since
+        var range = Replayer.Range(fromID: fromID, toID: toID)
         if let since, let nanoseconds = DurationText.parse(since), since.last?.isLetter == true {
-            // "15m" means fifteen minutes ago; anything else is left to Postgres to parse.
-            let date = Date().addingTimeInterval(-Double(nanoseconds) / 1e9)
-            sinceTimestamp = date.formatted(.iso8601)
+            // "15m" means fifteen minutes ago (on the database's clock); anything else is a
+            // timestamp for Postgres to parse.
+            range.sinceMillisecondsAgo = Int64(nanoseconds / 1_000_000)
+        } else {
+            range.since = since
         }
         let replayer = Replayer(configuration: configuration)
         let summary: Replayer.Summary
         do {
-            summary = try replayer.run(.init(fromID: fromID, toID: toID, since: sinceTimestamp), dryRun: dryRun) { print($0) }
+            summary = try replayer.run(range, dryRun: dryRun) { print($0) }
         } catch {
             FileHandle.standardError.write(Data("cache-invalidator replay: \(error)\n".utf8))
             throw ExitCode(1)
         }
-        let range = summary.firstID.map { "ids \($0)-\(summary.lastID ?? $0)" } ?? "no events in the range"
+        var scope = summary.firstID.map { "ids \($0)-\(summary.lastID ?? $0)" } ?? "no events in the range"
+        if let cutoff = summary.cutoff { scope += ", since \(cutoff)" }
         if dryRun {
-            print("dry run: \(summary.events) events (\(range)) would delete \(summary.keys) keys and scan \(summary.patterns) patterns")
+            print("dry run: \(summary.events) events (\(scope)) would delete \(summary.keys) keys and scan \(summary.patterns) patterns")
         } else {
-            print("replayed \(summary.events) events (\(range)): \(summary.keys) keys deleted (\(summary.removed) existed), \(summary.patterns) patterns scanned")
+            print("replayed \(summary.events) events (\(scope)): \(summary.keys) keys deleted (\(summary.removed) existed), \(summary.patterns) patterns scanned")
         }
     }
 }

@@ -27,11 +27,15 @@ struct CheckTests {
         let harness = try Harness()
         try harness.sql("ALTER TABLE trades DISABLE TRIGGER cache_invalidation_trades_update")
         try harness.sql("DROP TRIGGER cache_invalidation_settings_truncate ON settings")
+        // Replica-only triggers do not fire in the bot's sessions: as good as missing.
+        try harness.sql("ALTER TABLE wallets ENABLE REPLICA TRIGGER cache_invalidation_wallets_insert")
         let outcome = try Self.check(harness)
         #expect(outcome.status == 1)
+        #expect(outcome.output.contains("FAIL triggers: cache_invalidation_wallets_insert enabled only for replication sessions (tgenabled=R) on public.wallets"), "\(outcome.output)")
         #expect(outcome.output.contains("FAIL triggers: cache_invalidation_trades_update disabled on public.trades"), "\(outcome.output)")
         #expect(outcome.output.contains("FAIL triggers: cache_invalidation_settings_truncate missing on public.settings"), "\(outcome.output)")
-        #expect(outcome.output.split(separator: "\n").filter { $0.hasPrefix("FAIL") }.count == 2)
+        #expect(outcome.output.split(separator: "\n").filter { $0.hasPrefix("FAIL") }.count == 3)
+        #expect(outcome.output.contains("ok   backlog:"), "a failing section does not hide the others")
     }
 
     @Test func unmigratedDatabaseAndUnreachableRedisFail() throws {
@@ -52,6 +56,19 @@ struct CheckTests {
             "DATABASE_URL": harness.databaseURL, "REDIS_URL": harness.servers.redisURL, "KEY_PREFIX": harness.prefix])
         #expect(outcome.status == 1)
         #expect(outcome.output.contains("FAIL backlog: 5 events pending"), "\(outcome.output)")
+    }
+
+    @Test func aRoleThatCannotPruneFailsWhenRetentionIsOn() throws {
+        let harness = try Harness()
+        let role = "ci_noprune_\(harness.databaseName)"
+        try harness.sql("CREATE ROLE \(role) LOGIN")
+        try harness.sql("GRANT USAGE ON SCHEMA cache_invalidation TO \(role); GRANT SELECT ON cache_invalidation.events, cache_invalidation.expected_triggers TO \(role); GRANT UPDATE (processed_at) ON cache_invalidation.events TO \(role)")
+        let url = harness.servers.postgresURL(database: harness.databaseName, user: role)
+        let outcome = try Self.check(harness, databaseURL: url)
+        #expect(outcome.status == 1)
+        #expect(outcome.output.contains("FAIL privileges: missing DELETE on cache_invalidation.events (for --retention)"), "\(outcome.output)")
+        let off = try ProcessTests.run(["check"], environment: ["DATABASE_URL": url, "REDIS_URL": harness.servers.redisURL, "KEY_PREFIX": harness.prefix, "RETENTION": "0"])
+        #expect(off.status == 0, "\(off.output)")
     }
 
     @Test func theRestrictedWorkerRolePassesToo() throws {

@@ -91,6 +91,7 @@ struct DeliveryTests {
         try harness.waitUntilProcessed()
         let universe = RuleTableTests.universe
         try harness.seed(universe)
+        try harness.waitFor("the two wallet events recorded") { $0.eventsProcessed == 2 }
         let processedBefore = harness.worker!.statistics.snapshot.eventsProcessed
         let existing = try harness.sql("SELECT max(id) FROM cache_invalidation.events")[0, 0]!
         let attacker = try PGConnection(conninfo: harness.databaseURL)
@@ -149,9 +150,8 @@ struct DeliveryTests {
         harness.startWorker { $0.batchSize = 300 }
         try harness.waitUntilProcessed()
         #expect(try harness.deleted(among: keys).count == 2500)
-        let stats = harness.worker!.statistics.snapshot
-        #expect(stats.eventsProcessed == 2500)
-        #expect(stats.batches >= 9)
+        try harness.waitFor("every batch recorded") { $0.eventsProcessed == 2500 }
+        #expect(harness.worker!.statistics.snapshot.batches >= 9)
         harness.stopWorker()
     }
 
@@ -184,9 +184,9 @@ struct DeliveryTests {
         #expect(try harness.pendingCount == 20, "nothing is acknowledged while Redis is away")
         _ = try harness.servers.startExtraRedis(port: port)
         try harness.waitUntilProcessed()
-        let stats = harness.worker!.statistics.snapshot
-        #expect(stats.redisConnects >= 2)
-        #expect(stats.eventsProcessed == 20)
+        // Statistics follow the acknowledgement by a moment.
+        try harness.waitFor("the batch recorded") { $0.eventsProcessed == 20 }
+        #expect(harness.worker!.statistics.snapshot.redisConnects >= 2)
         let downLines = harness.logs.captured.filter { $0.contains("redis unavailable") }
         #expect(downLines.count == 1, "one line for the outage, not one per retry: \(downLines.count)")
         harness.stopWorker()

@@ -22,7 +22,7 @@ struct ReplayTests {
 
         let dry = try ProcessTests.run(["replay", "--from-id", ids[1], "--to-id", ids[3], "--dry-run"], environment: Self.env(harness))
         #expect(dry.status == 0, "\(dry.output)")
-        #expect(dry.output.contains("key \(harness.prefix)tx:42:0xr2") && dry.output.contains("key \(harness.prefix)tx:44:0xr4"), "\(dry.output)")
+        #expect(dry.output.contains("key \"\(harness.prefix)tx:42:0xr2\"") && dry.output.contains("key \"\(harness.prefix)tx:44:0xr4\""), "\(dry.output)")
         #expect(!dry.output.contains("tx:41:0xr1") && !dry.output.contains("tx:45:0xr5"))
         #expect(dry.output.contains("dry run: 3 events (ids \(ids[1])-\(ids[3])) would delete 15 keys and scan 0 patterns"), "\(dry.output)")
         #expect(try harness.deleted(among: keys).isEmpty, "a dry run deletes nothing")
@@ -33,9 +33,34 @@ struct ReplayTests {
         #expect(try harness.deleted(among: keys) == ["tx:42:0xr2", "tx:43:0xr3", "tx:44:0xr4"])
 
         let since = try ProcessTests.run(["replay", "--since", "1h"], environment: Self.env(harness))
-        #expect(since.status == 0 && since.output.contains("replayed 5 events"), "\(since.output)")
+        #expect(since.status == 0 && since.output.contains("replayed 5 events") && since.output.contains(", since 20"), "\(since.output)")
         #expect(try harness.deleted(among: keys).count == 5)
         #expect(try harness.pendingCount == 0)
+    }
+
+    /// Redis restored to a snapshot taken at T loses the deletions performed after T, including
+    /// those of events created before T but processed after it (a worker that was behind).
+    @Test func sinceCoversEventsProcessedAfterTheCutoff() throws {
+        let harness = try Harness()
+        try harness.sql(DeliveryTests.settledTrade(51, "0xlate"))
+        try harness.sql("UPDATE cache_invalidation.events SET created_at = now() - interval '2 hours', processed_at = now() - interval '1 minute'")
+        try harness.sql(DeliveryTests.settledTrade(52, "0xold"))
+        try harness.sql("UPDATE cache_invalidation.events SET created_at = now() - interval '3 hours', processed_at = now() - interval '3 hours' WHERE payload->>'tx_hash' = '0xold'")
+        let dry = try ProcessTests.run(["replay", "--since", "30m", "--dry-run"], environment: Self.env(harness))
+        #expect(dry.output.contains("tx:51:0xlate") && !dry.output.contains("tx:52:0xold"), "\(dry.output)")
+        #expect(dry.output.contains("dry run: 1 events"), "\(dry.output)")
+    }
+
+    /// A value with a newline cannot forge an extra line of the dry-run listing.
+    @Test func dryRunListingEscapesValues() throws {
+        let harness = try Harness()
+        try harness.sql("""
+            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, status)
+            VALUES (53, E'0xA\nkey area51:user:1', '0xT', 'buy', 'manual', '0xn', 'confirmed')
+            """)
+        let dry = try ProcessTests.run(["replay", "--from-id", "1", "--dry-run"], environment: Self.env(harness))
+        #expect(dry.output.contains(#"wallet_balance:0xA\nkey area51:user:1""#), "\(dry.output)")
+        #expect(!dry.output.split(separator: "\n").contains { $0.hasPrefix("key area51:user:1") })
     }
 
     @Test func refusesAMissingOrBackwardRange() throws {

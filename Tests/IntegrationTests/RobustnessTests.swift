@@ -105,7 +105,11 @@ struct RobustnessTests {
         let harness = try Harness()
         let port = try harness.servers.startExtraRedis()
         defer { harness.servers.stopExtraRedis(port: port) }
-        harness.startWorker { $0.redis = try! RedisEndpoint.parse("redis://127.0.0.1:\(port)/0") }
+        harness.startWorker {
+            $0.redis = try! RedisEndpoint.parse("redis://127.0.0.1:\(port)/0")
+            // Production waits 30 s of uptime before a drop counts as routine; not a test's time.
+            $0.immediateReconnectAfterUptimeNanoseconds = 0
+        }
         try harness.sql(DeliveryTests.settledTrade(6, "0xwarm"))
         try harness.waitUntilProcessed()
         let admin = try RedisConnection(address: .tcp(host: "127.0.0.1", port: port))

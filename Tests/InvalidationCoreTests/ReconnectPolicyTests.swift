@@ -65,17 +65,31 @@ struct ReconnectPolicyTests {
         #expect(policy.backoff.attempts == 0)
     }
 
+    static let minute: UInt64 = 60_000_000_000
+
     @Test func droppedHealthyConnectionRetriesAtOnceOnlyOnce() {
         var policy = ReconnectPolicy(backoff: Backoff(initialMilliseconds: 100, maximumMilliseconds: 10_000))
         var rng = Fixed()
         policy.opened()
         _ = policy.roundTripSucceeded(now: 0)
-        #expect(policy.failed(now: 100, connectionDropped: true, using: &rng) == .retryNow)
-        #expect(policy.mayConnect(now: 100))
+        #expect(policy.failed(now: Self.minute, connectionDropped: true, using: &rng) == .retryNow)
+        #expect(policy.mayConnect(now: Self.minute))
         policy.opened()
         // Dropped again before any round trip worked: now it is an outage.
-        guard case .backOff(_, true) = policy.failed(now: 200, connectionDropped: true, using: &rng) else {
+        guard case .backOff(_, true) = policy.failed(now: Self.minute + 200, connectionDropped: true, using: &rng) else {
             Issue.record("a second drop without a working round trip must back off and be reported"); return
+        }
+    }
+
+    /// A server or proxy that kills every session right after it works must meet backoff, not
+    /// an immediate reconnect each time.
+    @Test func shortLivedConnectionsDoNotEarnImmediateRetries() {
+        var policy = ReconnectPolicy(backoff: Backoff(initialMilliseconds: 100, maximumMilliseconds: 10_000))
+        var rng = Fixed()
+        policy.opened()
+        _ = policy.roundTripSucceeded(now: 0)
+        guard case .backOff(_, true) = policy.failed(now: 1_000_000_000, connectionDropped: true, using: &rng) else {
+            Issue.record("a drop after 1 s of uptime must back off"); return
         }
     }
 
@@ -84,7 +98,7 @@ struct ReconnectPolicyTests {
         var rng = Fixed()
         policy.opened()
         _ = policy.roundTripSucceeded(now: 0)
-        guard case .backOff(_, true) = policy.failed(now: 1, connectionDropped: false, using: &rng) else {
+        guard case .backOff(_, true) = policy.failed(now: Self.minute, connectionDropped: false, using: &rng) else {
             Issue.record("READONLY/NOPERM is not a routine drop"); return
         }
     }
