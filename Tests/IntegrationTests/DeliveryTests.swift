@@ -61,13 +61,21 @@ struct DeliveryTests {
         harness.stopWorker()
     }
 
-    @Test func malformedNotificationsAreCountedAndGoodEventsStillFlow() throws {
+    /// Two users with wallets, a running worker that has handled their creation, and every key
+    /// of the rule-table universe cached.
+    static func workerWithCachedUniverse() throws -> Harness {
         let harness = try Harness()
         try harness.sql("INSERT INTO wallets (telegram_id, address) VALUES (101, '0xA1'), (202, '0xA2')")
         harness.startWorker()
         try harness.waitUntilProcessed()
+        try harness.waitFor("the two wallet events recorded") { $0.eventsProcessed == 2 }
+        try harness.seed(RuleTableTests.universe)
+        return harness
+    }
+
+    @Test func malformedNotificationsAreCountedAndGoodEventsStillFlow() throws {
+        let harness = try Self.workerWithCachedUniverse()
         let universe = RuleTableTests.universe
-        try harness.seed(universe)
         let attacker = try PGConnection(conninfo: harness.databaseURL)
         let payloads = ["garbage", "", "-1", "0", "007", "1.5", "12 ", #"{"kind":"table_truncated","table":"wallets"}"#,
                         #"{"id":1,"keys":["*"]}"#, "FLUSHALL", String(repeating: "9", count: 7_900), "1\n2", "١٢"]
@@ -85,13 +93,8 @@ struct DeliveryTests {
     }
 
     @Test func forgedNotificationsDeleteNothing() throws {
-        let harness = try Harness()
-        try harness.sql("INSERT INTO wallets (telegram_id, address) VALUES (101, '0xA1'), (202, '0xA2')")
-        harness.startWorker()
-        try harness.waitUntilProcessed()
+        let harness = try Self.workerWithCachedUniverse()
         let universe = RuleTableTests.universe
-        try harness.seed(universe)
-        try harness.waitFor("the two wallet events recorded") { $0.eventsProcessed == 2 }
         let processedBefore = harness.worker!.statistics.snapshot.eventsProcessed
         let existing = try harness.sql("SELECT max(id) FROM cache_invalidation.events")[0, 0]!
         let attacker = try PGConnection(conninfo: harness.databaseURL)
