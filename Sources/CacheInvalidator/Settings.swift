@@ -1,6 +1,7 @@
 import Foundation
 import InvalidationCore
 import Logging
+import PostgresClient
 
 /// A configuration problem, said in a way that tells the operator what to change.
 public struct ConfigurationError: Error, CustomStringConvertible {
@@ -26,6 +27,13 @@ public enum Setting: String, CaseIterable, Sendable {
     case retention = "retention"
     case logLevel = "log-level"
     case logFormat = "log-format"
+
+    /// The help text with the variable and the default, as `--help` shows it; derived here so
+    /// that help can never disagree with the default actually applied.
+    public var helpWithEnvironment: String {
+        let defaultText = defaultValue.map { ", default: \($0)" } ?? ""
+        return "\(help) [env: \(environmentName)\(defaultText)]"
+    }
 
     /// `--key-prefix` ↔ `KEY_PREFIX`: upper case, dashes to underscores.
     public var environmentName: String { rawValue.uppercased().replacingOccurrences(of: "-", with: "_") }
@@ -118,7 +126,7 @@ public struct SettingsResolver {
     public func workerConfiguration() throws(ConfigurationError) -> WorkerConfiguration {
         let databaseURL = try databaseURL()
         do {
-            _ = try PostgresTargetCheck.validate(databaseURL)
+            _ = try ConnectionTarget.parse(databaseURL)
         } catch {
             throw ConfigurationError("\(origin(.databaseURL)): \(error)")
         }
@@ -185,14 +193,5 @@ public enum DurationText {
         guard !number.isEmpty, number.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }),
               let value = Double(number), value.isFinite, value >= 0, value * scale < 1e18 else { return nil }
         return UInt64((value * scale).rounded())
-    }
-}
-
-import PostgresClient
-
-/// Validates DATABASE_URL's syntax without connecting (libpq's own parser).
-enum PostgresTargetCheck {
-    static func validate(_ url: String) throws(PostgresError) -> ConnectionTarget {
-        try ConnectionTarget.parse(url)
     }
 }

@@ -24,15 +24,15 @@ struct CacheInvalidatorCommand: ParsableCommand {
 
 /// Where the servers are and which keys are ours: shared by run, check and replay.
 struct ServerOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("\(Setting.databaseURL.help) [env: DATABASE_URL]", valueName: "url"))
+    @Option(help: ArgumentHelp(.databaseURL, valueName: "url"))
     var databaseURL: String?
-    @Option(help: ArgumentHelp("\(Setting.redisURL.help) [env: REDIS_URL, default: redis://127.0.0.1:6379/0]", valueName: "url"))
+    @Option(help: ArgumentHelp(.redisURL, valueName: "url"))
     var redisURL: String?
-    @Option(help: ArgumentHelp("\(Setting.keyPrefix.help) [env: KEY_PREFIX, default: area51:]", valueName: "prefix"))
+    @Option(help: ArgumentHelp(.keyPrefix, valueName: "prefix"))
     var keyPrefix: String?
-    @Option(help: ArgumentHelp("\(Setting.rules.help) [env: RULES]", valueName: "file"))
+    @Option(help: ArgumentHelp(.rules, valueName: "file"))
     var rules: String?
-    @Option(help: ArgumentHelp("\(Setting.deleteCommand.help) [env: DELETE_COMMAND, default: unlink]", valueName: "del|unlink"))
+    @Option(help: ArgumentHelp(.deleteCommand, valueName: "del|unlink"))
     var deleteCommand: String?
 
     var flags: [Setting: String] {
@@ -46,9 +46,9 @@ struct ServerOptions: ParsableArguments {
     }
 
     /// The resolved configuration, or exit 2 with the reason.
-    func configuration(adding extra: [Setting: String] = [:]) -> WorkerConfiguration {
+    func configuration() -> WorkerConfiguration {
         do {
-            return try SettingsResolver(flags: flags.merging(extra) { $1 }).workerConfiguration()
+            return try SettingsResolver(flags: flags).workerConfiguration()
         } catch {
             fail(error)
         }
@@ -57,10 +57,10 @@ struct ServerOptions: ParsableArguments {
 
 /// Log level and format, shared by every subcommand that logs.
 struct LoggingOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("\(Setting.logLevel.help) [env: LOG_LEVEL, default: info]"))
+    @Option(help: ArgumentHelp(.logLevel))
     var logLevel: String?
 
-    @Option(help: ArgumentHelp("\(Setting.logFormat.help) [env: LOG_FORMAT, default: logfmt]"))
+    @Option(help: ArgumentHelp(.logFormat))
     var logFormat: String?
 
     var flags: [Setting: String] {
@@ -68,6 +68,13 @@ struct LoggingOptions: ParsableArguments {
         f[.logLevel] = logLevel
         f[.logFormat] = logFormat
         return f
+    }
+}
+
+extension ArgumentHelp {
+    /// Help for a setting's flag: its text, its environment variable and its default.
+    init(_ setting: Setting, valueName: String? = nil) {
+        self.init(setting.helpWithEnvironment, valueName: valueName)
     }
 }
 

@@ -14,7 +14,7 @@ struct Migrate: ParsableCommand {
         defaultSubcommand: Up.self)
 
     struct Common: ParsableArguments {
-        @Option(help: ArgumentHelp("\(Setting.databaseURL.help) [env: DATABASE_URL]", valueName: "url"))
+        @Option(help: ArgumentHelp(.databaseURL, valueName: "url"))
         var databaseURL: String?
         @Option(help: ArgumentHelp("Folder holding NNNN_name.up.sql / .down.sql. [env: MIGRATIONS_DIR, default: ./migrations, then ../share/cache-invalidator/migrations beside the binary]", valueName: "dir"))
         var migrationsDir: String?

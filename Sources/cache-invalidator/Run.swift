@@ -19,17 +19,17 @@ struct Run: ParsableCommand {
             """)
 
     @OptionGroup var servers: ServerOptions
-    @Option(help: ArgumentHelp("\(Setting.batchSize.help) [env: BATCH_SIZE, default: 1000]", valueName: "n"))
+    @Option(help: ArgumentHelp(.batchSize, valueName: "n"))
     var batchSize: String?
-    @Option(help: ArgumentHelp("\(Setting.slowThreshold.help) [env: SLOW_THRESHOLD, default: 100ms]", valueName: "duration"))
+    @Option(help: ArgumentHelp(.slowThreshold, valueName: "duration"))
     var slowThreshold: String?
-    @Option(help: ArgumentHelp("\(Setting.summaryInterval.help) [env: SUMMARY_INTERVAL, default: 10s]", valueName: "duration"))
+    @Option(help: ArgumentHelp(.summaryInterval, valueName: "duration"))
     var summaryInterval: String?
-    @Option(help: ArgumentHelp("\(Setting.redisTimeout.help) [env: REDIS_TIMEOUT, default: 2s]", valueName: "duration"))
+    @Option(help: ArgumentHelp(.redisTimeout, valueName: "duration"))
     var redisTimeout: String?
-    @Option(help: ArgumentHelp("\(Setting.reconnectMax.help) [env: RECONNECT_MAX, default: 10s]", valueName: "duration"))
+    @Option(help: ArgumentHelp(.reconnectMax, valueName: "duration"))
     var reconnectMax: String?
-    @Option(help: ArgumentHelp("\(Setting.retention.help) [env: RETENTION, default: 24h]", valueName: "duration"))
+    @Option(help: ArgumentHelp(.retention, valueName: "duration"))
     var retention: String?
     @OptionGroup var logging: LoggingOptions
 
