@@ -19,10 +19,13 @@ final class Worker {
     private let wake: WakeSignal
     private let stopRequested: StopFlag
 
-    private var postgres: PGConnection?
+    /// The Postgres side (its connection is `postgres`); nil while disconnected.
     private var eventLog: EventLog?
-    private var redis: RedisConnection?
+    /// The Redis side (its connection is `redis`); nil while disconnected.
     private var invalidator: RedisInvalidator?
+    // Derived, so "connected" has one source of truth per server.
+    private var postgres: PGConnection? { eventLog?.connection }
+    private var redis: RedisConnection? { invalidator?.connection }
 
     private var postgresPolicy: ReconnectPolicy
     private var redisPolicy: ReconnectPolicy
@@ -86,11 +89,9 @@ final class Worker {
         }
         logSummary()
         logger.info("worker stopped", metadata: [LogKey.events: "\(statistics.snapshot.eventsProcessed)"])
-        postgres = nil
         eventLog = nil
-        redis = nil
         invalidator = nil
-        statistics.update { $0.listening = false; $0.postgresUp = false; $0.redisUp = false }
+        statistics.update { $0.listening = false; $0.redisUp = false }
     }
 
     // MARK: Connections
@@ -105,12 +106,11 @@ final class Worker {
             // LISTEN before draining: an event committed between the two is then either in the
             // drain or announced by a notification, never in neither.
             try log.listen()
-            postgres = connection
             eventLog = log
             postgresPolicy.opened()
             needsDrain = true
             nextMaintenanceAt = 0
-            statistics.update { $0.postgresConnects += 1; $0.postgresUp = true; $0.listening = true }
+            statistics.update { $0.postgresConnects += 1; $0.listening = true }
             logger.debug("postgres connection opened", metadata: [LogKey.target: "\(connection.target)"])
         } catch {
             postgresFailed(error)
@@ -127,10 +127,9 @@ final class Worker {
     }
 
     private func postgresFailed(_ error: PostgresError) {
-        postgres = nil
         eventLog = nil
         needsDrain = true
-        statistics.update { $0.postgresErrors += 1; $0.postgresUp = false; $0.listening = false }
+        statistics.update { $0.postgresErrors += 1; $0.listening = false }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
         report(postgresPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
                server: "postgres", what: what, consequence: "events wait in the log", error: "\(error)")
@@ -140,7 +139,6 @@ final class Worker {
         do {
             let connection = try config.redis.connect(timeoutMilliseconds: config.redisTimeoutMilliseconds)
             try ping(connection)
-            redis = connection
             invalidator = RedisInvalidator(connection: connection, deleteCommand: config.deleteCommand)
             redisPolicy.opened()
             needsDrain = true
@@ -169,7 +167,6 @@ final class Worker {
     }
 
     private func redisFailed(_ error: RedisError) {
-        redis = nil
         invalidator = nil
         needsDrain = true
         statistics.update { $0.redisErrors += 1; $0.redisUp = false }
@@ -207,9 +204,13 @@ final class Worker {
             postgresFailed(error)
             return
         }
-        for notification in postgres.notifications() {
-            handle(notification)
-        }
+        handleBufferedNotifications()
+    }
+
+    /// Notifications libpq has already parsed; no socket read.
+    private func handleBufferedNotifications() {
+        guard let postgres else { return }
+        for notification in postgres.notifications() { handle(notification) }
     }
 
     private func handle(_ notification: PGNotification) {
@@ -249,7 +250,7 @@ final class Worker {
         while !namedIDs.isEmpty && !stopping {
             guard let eventLog else { return }
             // Bounded, so a burst of ids is handled in slices, not one giant query.
-            let ids = namedIDs.count <= config.batchSize ? namedIDs.sorted() : Array(namedIDs.sorted().prefix(config.batchSize))
+            let ids = Array(namedIDs.sorted().prefix(config.batchSize))
             let fetched: EventLog.Fetched
             do {
                 fetched = try eventLog.fetchPending(ids: ids)
@@ -307,8 +308,12 @@ final class Worker {
     private func invalidate(_ fetched: EventLog.Fetched) -> Bool {
         guard let eventLog, let invalidator else { return false }
         var plan = InvalidationPlan()
+        // Per-event key counts only feed the debug line; the plan is built once either way.
+        var rendered: [(keys: Int, patterns: Int)] = []
+        if debugEnabled { rendered.reserveCapacity(fetched.events.count) }
         for event in fetched.events {
-            config.rules.apply(event, prefix: config.keyPrefix, to: &plan)
+            let counts = config.rules.apply(event, prefix: config.keyPrefix, to: &plan)
+            if debugEnabled { rendered.append(counts) }
         }
         let outcome: RedisInvalidator.Outcome
         do {
@@ -341,14 +346,15 @@ final class Worker {
             postgresFailed(error)
             return false
         }
-        record(fetched, plan: plan, outcome: outcome, confirmedAt: confirmedAt)
+        record(fetched, plan: plan, rendered: rendered, outcome: outcome, confirmedAt: confirmedAt)
         return true
     }
 
-    private func record(_ fetched: EventLog.Fetched, plan: InvalidationPlan, outcome: RedisInvalidator.Outcome, confirmedAt: Int64) {
+    private func record(_ fetched: EventLog.Fetched, plan: InvalidationPlan, rendered: [(keys: Int, patterns: Int)],
+                        outcome: RedisInvalidator.Outcome, confirmedAt: Int64) {
         var byKind: [EventKind: UInt64] = [:]
         var slow = 0
-        for event in fetched.events {
+        for (index, event) in fetched.events.enumerated() {
             let lag = confirmedAt - event.startMicros * 1000
             interval.record(lagNanoseconds: lag)
             byKind[event.kind, default: 0] += 1
@@ -369,10 +375,9 @@ final class Worker {
                     LogKey.thresholdMilliseconds: "\(formatMilliseconds(config.slowThresholdNanoseconds))"])
             }
             if debugEnabled {
-                let keys = config.rules.plan(for: event, prefix: config.keyPrefix)
                 logger.debug("event invalidated", metadata: [
                     LogKey.event: "\(event.id)", LogKey.kind: "\(event.kind.rawValue)",
-                    LogKey.keys: "\(keys.keys.count)", LogKey.patterns: "\(keys.patterns.count)",
+                    LogKey.keys: "\(rendered[index].keys)", LogKey.patterns: "\(rendered[index].patterns)",
                     LogKey.lagMilliseconds: "\(formatMilliseconds(UInt64(max(0, lag))))"])
             }
         }
@@ -464,15 +469,13 @@ final class Worker {
     private func waitForWork() {
         // PQexec reads everything up to ReadyForQuery, so notifications that arrived during the
         // last query are already in libpq's queue and the socket is empty: poll would not wake.
-        if let postgres {
-            for notification in postgres.notifications() { handle(notification) }
-        }
+        handleBufferedNotifications()
+        // Work still pending (a full batch, or Redis just returned): do not sleep.
+        if hasWork && postgres != nil && redis != nil { return }
         let now = monotonicNanoseconds()
         var deadline = min(nextSummaryAt, postgres != nil ? nextMaintenanceAt : UInt64.max)
         if postgres == nil { deadline = min(deadline, postgresPolicy.retryAt) }
         if redis == nil { deadline = min(deadline, redisPolicy.retryAt) }
-        // Work still pending (a full batch, or Redis just returned): do not sleep.
-        if hasWork && postgres != nil && redis != nil { return }
         var descriptors: [Int32] = []
         if let postgres, postgres.socket >= 0 { descriptors.append(postgres.socket) }
         _ = waitReadable(descriptors, wake: wake, timeoutNanoseconds: deadline > now ? deadline - now : 0)

@@ -17,7 +17,6 @@ public final class WorkerStatistics: Sendable {
         public var redisErrors: UInt64 = 0
         public var postgresConnects: UInt64 = 0
         public var redisConnects: UInt64 = 0
-        public var postgresUp = false
         public var redisUp = false
         public var listening = false
         public var backlog: Int64 = 0

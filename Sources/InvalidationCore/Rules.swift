@@ -83,18 +83,23 @@ extension RuleSet {
     /// Adds the keys and patterns `event` makes stale to `plan`, under `prefix`.
     ///
     /// The prefix is escaped in patterns too, so a prefix containing `*` cannot widen a scan.
-    public func apply(_ event: InvalidationEvent, prefix: String, to plan: inout InvalidationPlan) {
-        guard let list = rules[event.kind] else { return }
+    /// Returns how many keys and patterns this event asked for (before de-duplication).
+    @discardableResult
+    public func apply(_ event: InvalidationEvent, prefix: String, to plan: inout InvalidationPlan) -> (keys: Int, patterns: Int) {
+        guard let list = rules[event.kind] else { return (0, 0) }
+        var counts = (keys: 0, patterns: 0)
         for rule in list where rule.applies(to: event.fields) {
             switch rule.target {
             case .key(let template):
-                if let key = template.render(event.fields) { plan.add(key: prefix + key) }
+                if let key = template.render(event.fields) { plan.add(key: prefix + key); counts.keys += 1 }
             case .pattern(let template):
                 if let pattern = template.render(event.fields, escapingValuesForGlob: true) {
                     plan.add(pattern: GlobPattern.escape(prefix) + pattern)
+                    counts.patterns += 1
                 }
             }
         }
+        return counts
     }
 
     /// The plan for a single event (for `replay --dry-run`, tests and debug logs).

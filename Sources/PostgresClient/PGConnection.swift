@@ -144,12 +144,7 @@ public final class PGConnection {
     /// Runs one statement with parameters sent separately from the SQL text (never formatted in).
     @discardableResult
     public func execute(_ sql: String, _ parameters: [String?]) throws(PostgresError) -> PGRows {
-        let cStrings: [UnsafeMutablePointer<CChar>?] = parameters.map { $0.map { strdup($0) } ?? nil }
-        defer { cStrings.forEach { free($0) } }
-        let values: [UnsafePointer<CChar>?] = cStrings.map { $0.map { UnsafePointer($0) } }
-        let result: OpaquePointer? = PQexecParams(conn, sql, Int32(parameters.count), nil, values, nil, nil, 0)
-        guard let result else { throw lostOrFailed(nil) }
-        return try consume(result)
+        try send(parameters) { PQexecParams(conn, sql, $0, nil, $1, nil, nil, 0) }
     }
 
     /// Parses and plans `sql` once on this connection; run it with `execute(prepared:_:)`.
@@ -162,11 +157,14 @@ public final class PGConnection {
     /// Runs a statement prepared with `prepare`; parameters are sent apart from the SQL text.
     @discardableResult
     public func execute(prepared name: String, _ parameters: [String?]) throws(PostgresError) -> PGRows {
+        try send(parameters) { PQexecPrepared(conn, name, $0, $1, nil, nil, 0) }
+    }
+
+    /// Parameters as C strings (text format; nil is SQL NULL) for the duration of one libpq call.
+    private func send(_ parameters: [String?], _ call: (Int32, [UnsafePointer<CChar>?]) -> OpaquePointer?) throws(PostgresError) -> PGRows {
         let cStrings: [UnsafeMutablePointer<CChar>?] = parameters.map { $0.map { strdup($0) } ?? nil }
         defer { cStrings.forEach { free($0) } }
-        let values: [UnsafePointer<CChar>?] = cStrings.map { $0.map { UnsafePointer($0) } }
-        let result: OpaquePointer? = PQexecPrepared(conn, name, Int32(parameters.count), values, nil, nil, 0)
-        guard let result else { throw lostOrFailed(nil) }
+        guard let result = call(Int32(parameters.count), cStrings.map { $0.map { UnsafePointer($0) } }) else { throw lostOrFailed(nil) }
         return try consume(result)
     }
 

@@ -221,3 +221,19 @@ struct EmbeddedDefaultRulesTests {
         #expect(error?.description.hasPrefix("/nonexistent/dir/rules.json: cannot be read") == true)
     }
 }
+
+@Suite("RuleSet.apply counts")
+struct RuleApplyCountTests {
+    /// The counts feed the per-event debug line; duplicates across events still count per event.
+    @Test func countsWhatEachEventAskedFor() {
+        let rules = RuleSet.defaults()
+        var plan = InvalidationPlan()
+        let sell = InvalidationEvent(id: 1, kind: .tradeSettled, fields: ["telegram_id": "42", "wallet_address": "0xa", "tx_hash": "0xh", "side": "sell", "sell_id": "s1"], startMicros: 0)
+        let deleted = InvalidationEvent(id: 2, kind: .walletDeleted, fields: ["telegram_id": "42", "address": "0xa"], startMicros: 0)
+        #expect(rules.apply(sell, prefix: "p:", to: &plan) == (keys: 6, patterns: 0))
+        #expect(rules.apply(deleted, prefix: "p:", to: &plan) == (keys: 6, patterns: 1))
+        // Shared keys (wallet_balance, portfolio, main_menu, user_state) are in the plan once.
+        #expect(plan.keys.count == 8)
+        #expect(plan.patterns == ["p:temp_sell_data:42:*"])
+    }
+}
