@@ -20,10 +20,7 @@ struct EventLog {
         try connection.execute("SET statement_timeout = '15s'; SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '60s'")
         let setting = try connection.execute("SELECT current_setting('track_commit_timestamp')")
         self.commitTimestamps = setting[0, 0] == "on"
-        let start = commitTimestamps
-            ? "COALESCE(pg_xact_commit_timestamp(e.xmin), e.created_at)"
-            : "e.created_at"
-        let columns = "e.id, e.kind, e.payload::text, (extract(epoch FROM \(start)) * 1000000)::int8"
+        let columns = EventLog.columns(commitTimestamps: commitTimestamps)
         // Pending means "not acknowledged", not "id above the last one seen": an event whose
         // transaction commits after a later id is still found, and no long transaction elsewhere
         // can hold the fast path back. Unknown kinds (from a newer migration) stay pending for a
@@ -71,6 +68,13 @@ struct EventLog {
     /// The named events that are still pending (the fast path after notifications).
     func fetchPending(ids: [Int64]) throws(PostgresError) -> Fetched {
         Self.decode(try connection.execute(prepared: "ci_fetch_ids", [PostgresArray.integers(ids), knownKinds]))
+    }
+
+    /// The select list `decode` reads: id, kind, payload, and the lag start in microseconds
+    /// (the commit timestamp when Postgres tracks it, else the trigger's write time).
+    static func columns(commitTimestamps: Bool) -> String {
+        let start = commitTimestamps ? "COALESCE(pg_xact_commit_timestamp(e.xmin), e.created_at)" : "e.created_at"
+        return "e.id, e.kind, e.payload::text, (extract(epoch FROM \(start)) * 1000000)::int8"
     }
 
     static func decode(_ rows: PGRows) -> Fetched {

@@ -90,7 +90,7 @@ public struct Replayer {
             let fetched: EventLog.Fetched
             do {
                 fetched = EventLog.decode(try postgres.execute("""
-                    SELECT e.id, e.kind, e.payload::text, (extract(epoch FROM e.created_at) * 1000000)::int8
+                    SELECT \(EventLog.columns(commitTimestamps: false))
                     FROM cache_invalidation.events e
                     WHERE e.id > $1 AND ($2::int8 IS NULL OR e.id <= $2::int8)
                       AND ($3::timestamptz IS NULL OR e.created_at >= $3::timestamptz
