@@ -17,7 +17,16 @@ struct EventLog {
         // Bound every query: a DBA's open transaction holding the event log, or a lock queue
         // behind an ALTER, must not freeze the worker (it could not stop, and a listener stuck
         // inside a statement holds back the server's notification queue for every session).
-        try connection.execute("SET statement_timeout = '15s'; SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '60s'")
+        //
+        // The client-side deadline is longer than statement_timeout, so a slow statement fails on
+        // the server (and the connection stays usable) before the worker gives up on the
+        // connection. The tcp_* settings make the server, too, notice a vanished worker within
+        // seconds: its session (and with it the leader lock) is then released for a standby.
+        try connection.execute("""
+            SET statement_timeout = '8s'; SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '60s';
+            SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000
+            """)
+        connection.queryTimeoutSeconds = EventLog.queryTimeoutSeconds
         let setting = try connection.execute("SELECT current_setting('track_commit_timestamp')")
         self.commitTimestamps = setting[0, 0] == "on"
         let columns = EventLog.columns(commitTimestamps: commitTimestamps)
@@ -43,6 +52,22 @@ struct EventLog {
             WHERE id = ANY($1::int8[]) AND processed_at IS NULL
             """, parameterCount: 1)
         self.knownKinds = PostgresArray.text(EventKind.allNames)
+    }
+
+    /// How long any query of the worker may take before its connection is treated as lost.
+    static let queryTimeoutSeconds = 10.0
+    /// The key of the session-level advisory lock the active worker holds ("cacheinv" in ASCII).
+    /// In pg_locks: locktype advisory, classid 1667326824, objid 1701408374, objsubid 1.
+    public static let leaderLockKey: Int64 = 0x6361_6368_6569_6E76
+
+    /// Tries to become the active worker; the lock lives as long as this session.
+    func tryLead() throws(PostgresError) -> Bool {
+        try connection.execute("SELECT pg_try_advisory_lock($1::int8)", [String(Self.leaderLockKey)])[0, 0] == "t"
+    }
+
+    /// A cheap round trip with a short deadline: proves the connection still delivers.
+    func heartbeat(timeoutSeconds: Double) throws(PostgresError) {
+        try connection.execute("SELECT 1", timeoutSeconds: timeoutSeconds)
     }
 
     func listen() throws(PostgresError) {
@@ -122,19 +147,27 @@ struct EventLog {
         var pending: Int64
         var oldestAgeSeconds: Double
         var unknownKind: Int64
+        /// pg_notification_queue_usage(): when the server's queue is full, notifying commits fail.
+        var queueUsage: Double
+        /// The event log's size on disk (table, indexes, TOAST).
+        var logBytes: Int64
     }
 
     func backlog() throws(PostgresError) -> Backlog {
         let rows = try connection.execute("""
             SELECT count(*),
                    COALESCE(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8,
-                   count(*) FILTER (WHERE kind <> ALL($1::text[]))
+                   count(*) FILTER (WHERE kind <> ALL($1::text[])),
+                   pg_notification_queue_usage(),
+                   pg_total_relation_size('cache_invalidation.events')
             FROM cache_invalidation.events WHERE processed_at IS NULL
             """, [knownKinds])
         return Backlog(
             pending: rows[0, 0].flatMap { Int64($0) } ?? 0,
             oldestAgeSeconds: rows[0, 1].flatMap { Double($0) } ?? 0,
-            unknownKind: rows[0, 2].flatMap { Int64($0) } ?? 0)
+            unknownKind: rows[0, 2].flatMap { Int64($0) } ?? 0,
+            queueUsage: rows[0, 3].flatMap { Double($0) } ?? 0,
+            logBytes: rows[0, 4].flatMap { Int64($0) } ?? 0)
     }
 }
 

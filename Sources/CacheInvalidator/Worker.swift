@@ -12,6 +12,11 @@ import Synchronization
 /// Nothing is lost because the log, not the notification, is the source of truth: after every
 /// (re)connect the worker LISTENs first and then drains the whole pending log, and an event is
 /// acknowledged only after Redis confirmed its deletions.
+///
+/// Several workers may run against one database: the one whose session holds the leader lock (a
+/// session-level advisory lock) is active and does all the work; the others stand by without
+/// LISTENing and retry the lock every `standbyPollNanoseconds`. The lock dies with the active
+/// worker's session, so a standby takes over as soon as Postgres notices it is gone.
 final class Worker {
     private let config: WorkerConfiguration
     private let logger: Logger
@@ -26,6 +31,12 @@ final class Worker {
     // Derived, so "connected" has one source of truth per server.
     private var postgres: PGConnection? { eventLog?.connection }
     private var redis: RedisConnection? { invalidator?.connection }
+
+    /// Holds the leader lock on the current Postgres session: LISTENs and processes.
+    private var active = false
+    private var nextLeadAttemptAt: UInt64 = 0
+    private var announcedStandby = false
+    private var lastPostgresAnswerAt: UInt64 = 0
 
     private var postgresPolicy: ReconnectPolicy
     private var redisPolicy: ReconnectPolicy
@@ -78,12 +89,14 @@ final class Worker {
             let now = monotonicNanoseconds()
             if postgres == nil && postgresPolicy.mayConnect(now: now) { connectPostgres() }
             if redis == nil && redisPolicy.mayConnect(now: now) { connectRedis() }
+            if postgres != nil && !active && monotonicNanoseconds() >= nextLeadAttemptAt { tryToLead() }
             readNotifications()
-            if hasWork && postgres != nil && redis != nil && !stopping {
+            if active && hasWork && postgres != nil && redis != nil && !stopping {
                 processPending()
             }
             if monotonicNanoseconds() >= nextSummaryAt { logSummary() }
-            if postgres != nil && monotonicNanoseconds() >= nextMaintenanceAt && !stopping { maintain() }
+            if active && monotonicNanoseconds() >= nextMaintenanceAt && !stopping { maintain() }
+            if postgres != nil && monotonicNanoseconds() >= heartbeatDueAt && !stopping { heartbeat() }
             if stopping { break }
             waitForWork()
         }
@@ -91,7 +104,8 @@ final class Worker {
         logger.info("worker stopped", metadata: [LogKey.events: "\(statistics.snapshot.eventsProcessed)"])
         eventLog = nil
         invalidator = nil
-        statistics.update { $0.listening = false; $0.redisUp = false }
+        active = false
+        statistics.update { $0.listening = false; $0.redisUp = false; $0.postgresUp = false; $0.active = false }
     }
 
     // MARK: Connections
@@ -103,33 +117,84 @@ final class Worker {
         do {
             let connection = try PGConnection(conninfo: config.databaseURL)
             let log = try EventLog(connection: connection, channel: config.channel)
-            // LISTEN before draining: an event committed between the two is then either in the
-            // drain or announced by a notification, never in neither.
-            try log.listen()
             eventLog = log
             postgresPolicy.opened()
-            needsDrain = true
-            nextMaintenanceAt = 0
-            statistics.update { $0.postgresConnects += 1; $0.listening = true }
+            lastPostgresAnswerAt = monotonicNanoseconds()
+            statistics.update { $0.postgresConnects += 1; $0.postgresUp = true }
             logger.debug("postgres connection opened", metadata: [LogKey.target: "\(connection.target)"])
         } catch {
+            postgresFailed(error)
+            return
+        }
+        tryToLead()
+    }
+
+    /// Takes the leader lock if no other worker holds it, then LISTENs and drains. A standby
+    /// does not LISTEN: a listener that does not read would hold back the server's notification
+    /// queue, and a full queue fails the bot's commits.
+    private func tryToLead() {
+        guard let eventLog, !active else { return }
+        do {
+            guard try eventLog.tryLead() else {
+                nextLeadAttemptAt = monotonicNanoseconds() + config.standbyPollNanoseconds
+                postgresRoundTripSucceeded()
+                if !announcedStandby {
+                    announcedStandby = true
+                    logger.info("standing by: another worker is active (it holds the leader lock); taking over when its session ends", metadata: [
+                        LogKey.retryMilliseconds: "\(config.standbyPollNanoseconds / 1_000_000)"])
+                }
+                return
+            }
+            // LISTEN before draining: an event committed between the two is then either in the
+            // drain or announced by a notification, never in neither.
+            try eventLog.listen()
+        } catch {
+            postgresFailed(error)
+            return
+        }
+        active = true
+        needsDrain = true
+        nextMaintenanceAt = 0
+        statistics.update { $0.active = true; $0.listening = true; $0.takeovers += 1 }
+        postgresRoundTripSucceeded()
+        if announcedStandby {
+            announcedStandby = false
+            logger.notice("took over as the active worker: listening and draining the log")
+        }
+    }
+
+    private var heartbeatDueAt: UInt64 { lastPostgresAnswerAt &+ config.heartbeatIdleNanoseconds }
+
+    /// A connection can stop delivering without any error (a half-open TCP connection, a frozen
+    /// middlebox): LISTEN then simply hears nothing. A query that must answer within a deadline
+    /// is the only proof of life, so an idle connection gets one.
+    private func heartbeat() {
+        guard let eventLog else { return }
+        do {
+            try eventLog.heartbeat(timeoutSeconds: config.heartbeatTimeoutSeconds)
+            postgresRoundTripSucceeded()
+        } catch {
+            statistics.update { $0.heartbeatFailures += 1 }
             postgresFailed(error)
         }
     }
 
     private func postgresRoundTripSucceeded() {
+        lastPostgresAnswerAt = monotonicNanoseconds()
         guard !postgresPolicy.verified, let postgres, let eventLog else { return }
-        if case .cameUp(let failures, let downFor)? = postgresPolicy.roundTripSucceeded(now: monotonicNanoseconds()) {
-            var metadata: Logger.Metadata = [LogKey.target: "\(postgres.target)", LogKey.lagStart: "\(eventLog.commitTimestamps ? "commit_timestamp" : "trigger_write_time")"]
+        if case .cameUp(let failures, let downFor)? = postgresPolicy.roundTripSucceeded(now: lastPostgresAnswerAt) {
+            var metadata: Logger.Metadata = [LogKey.target: "\(postgres.target)", LogKey.role: "\(active ? "active" : "standby")",
+                                             LogKey.lagStart: "\(eventLog.commitTimestamps ? "commit_timestamp" : "trigger_write_time")"]
             addOutage(&metadata, failures: failures, downFor: downFor)
-            logger.info("postgres connected, listening", metadata: metadata)
+            logger.info(active ? "postgres connected, listening" : "postgres connected, standing by", metadata: metadata)
         }
     }
 
     private func postgresFailed(_ error: PostgresError) {
         eventLog = nil
+        active = false
         needsDrain = true
-        statistics.update { $0.postgresErrors += 1; $0.listening = false }
+        statistics.update { $0.postgresErrors += 1; $0.listening = false; $0.postgresUp = false; $0.active = false }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
         report(postgresPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
                server: "postgres", what: what, consequence: "events wait in the log", error: "\(error)")
@@ -471,10 +536,14 @@ final class Worker {
         // last query are already in libpq's queue and the socket is empty: poll would not wake.
         handleBufferedNotifications()
         // Work still pending (a full batch, or Redis just returned): do not sleep.
-        if hasWork && postgres != nil && redis != nil { return }
+        if active && hasWork && postgres != nil && redis != nil { return }
         let now = monotonicNanoseconds()
-        var deadline = min(nextSummaryAt, postgres != nil ? nextMaintenanceAt : UInt64.max)
-        if postgres == nil { deadline = min(deadline, postgresPolicy.retryAt) }
+        var deadline = nextSummaryAt
+        if postgres != nil {
+            deadline = min(deadline, heartbeatDueAt, active ? nextMaintenanceAt : nextLeadAttemptAt)
+        } else {
+            deadline = min(deadline, postgresPolicy.retryAt)
+        }
         if redis == nil { deadline = min(deadline, redisPolicy.retryAt) }
         var descriptors: [Int32] = []
         if let postgres, postgres.socket >= 0 { descriptors.append(postgres.socket) }
@@ -490,9 +559,17 @@ final class Worker {
         if let eventLog {
             do {
                 let backlog = try eventLog.backlog()
-                statistics.update { $0.backlog = backlog.pending; $0.oldestPendingAgeSeconds = backlog.oldestAgeSeconds }
+                postgresRoundTripSucceeded()
+                statistics.update {
+                    $0.backlog = backlog.pending; $0.oldestPendingAgeSeconds = backlog.oldestAgeSeconds
+                    $0.queueUsage = backlog.queueUsage; $0.logBytes = backlog.logBytes
+                }
                 metadata[LogKey.backlog] = "\(backlog.pending)"
                 metadata[LogKey.oldestAgeSeconds] = "\(String(format: "%.1f", backlog.oldestAgeSeconds))"
+                metadata[LogKey.queueUsage] = "\(String(format: "%.4f", backlog.queueUsage))"
+                metadata[LogKey.logBytes] = "\(backlog.logBytes)"
+                // Only the active worker warns, so N workers do not say it N times.
+                if active { warnAboutGrowth(backlog) }
                 if backlog.unknownKind > 0 {
                     metadata[LogKey.unknownKinds] = "\(backlog.unknownKind)"
                     logger.error("events of a kind this worker does not know are waiting in the log; upgrade the worker to match the migrations", metadata: [LogKey.unknownKinds: "\(backlog.unknownKind)"])
@@ -516,10 +593,27 @@ final class Worker {
         metadata[LogKey.max] = "\(formatMilliseconds(summary.maxNanoseconds))"
         metadata[LogKey.slowEvents] = "\(slowThisInterval)"
         slowThisInterval = 0
+        metadata[LogKey.role] = "\(active ? "active" : (postgres != nil ? "standby" : "none"))"
         metadata[LogKey.postgres] = "\(postgres != nil ? "up" : "down")"
         metadata[LogKey.redis] = "\(redis != nil ? "up" : "down")"
         logger.info("lag summary", metadata: metadata)
         interval.reset()
+    }
+
+    /// Growth that needs a person: the log filling while nothing drains it (worker or Redis down
+    /// for long), or the server's notification queue filling (a listener that does not read;
+    /// when it is full the bot's notifying commits fail).
+    private func warnAboutGrowth(_ backlog: EventLog.Backlog) {
+        if backlog.pending > config.backlogWarning || backlog.oldestAgeSeconds > config.oldestAgeWarningSeconds {
+            logger.warning("event backlog over its threshold: invalidations are late. Is Redis reachable? See README, runbook: Backlog growing", metadata: [
+                LogKey.backlog: "\(backlog.pending)", LogKey.oldestAgeSeconds: "\(String(format: "%.1f", backlog.oldestAgeSeconds))",
+                LogKey.threshold: "\(config.backlogWarning) events or \(String(format: "%g", config.oldestAgeWarningSeconds)) s"])
+        }
+        if backlog.queueUsage > config.queueUsageWarning {
+            logger.warning("the server's notification queue is filling; when it is full the bot's commits fail. Find the session that LISTENs without reading (pg_stat_activity). See README, runbook: Notification queue filling", metadata: [
+                LogKey.queueUsage: "\(String(format: "%.4f", backlog.queueUsage))",
+                LogKey.threshold: "\(String(format: "%g", config.queueUsageWarning))"])
+        }
     }
 
     private func formatSeconds(_ nanoseconds: UInt64) -> String {

@@ -32,6 +32,19 @@ public struct WorkerConfiguration: Sendable {
     public var retentionSeconds: UInt64 = 86_400
     /// How often the worker verifies its triggers and prunes the log.
     public var maintenanceIntervalNanoseconds: UInt64 = 60_000_000_000
+    /// The summary warns when more events than this are pending…
+    public var backlogWarning: Int64 = 10_000
+    /// …or when the oldest pending event is older than this.
+    public var oldestAgeWarningSeconds: Double = 60
+    /// The summary warns when the server's notification queue is fuller than this (0…1).
+    public var queueUsageWarning: Double = 0.5
+    /// A standby retries the leader lock this often: the longest a takeover waits once the
+    /// active worker's session is gone.
+    public var standbyPollNanoseconds: UInt64 = 250_000_000
+    /// A Postgres connection without a round trip for this long gets a heartbeat query…
+    public var heartbeatIdleNanoseconds: UInt64 = 4_000_000_000
+    /// …which must answer within this, or the connection is treated as lost (half-open).
+    public var heartbeatTimeoutSeconds: Double = 5
 
     public init(databaseURL: String, redis: RedisEndpoint) {
         self.databaseURL = databaseURL

@@ -27,6 +27,14 @@ public final class WorkerStatistics: Sendable {
         public var eventsPruned: UInt64 = 0
         /// Set once the start-up drain finished: everything committed before start is handled.
         public var initialDrainDone = false
+        /// This worker holds the leader lock and does the work; false: standby (or disconnected).
+        public var active = false
+        public var postgresUp = false
+        public var queueUsage: Double = 0
+        public var logBytes: Int64 = 0
+        public var heartbeatFailures: UInt64 = 0
+        /// Times this worker became the active one.
+        public var takeovers: UInt64 = 0
     }
 
     private let state = Mutex(Snapshot())

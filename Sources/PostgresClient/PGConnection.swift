@@ -132,40 +132,85 @@ public final class PGConnection {
     /// The server's process id for this connection (for `pg_terminate_backend` in tests and ops).
     public var backendPID: Int32 { PQbackendPID(conn) }
 
+    /// How long a query may wait for the server's answer before the connection is declared lost
+    /// (nil: wait as long as it takes, for migrations). A connection that silently stopped
+    /// delivering (a half-open TCP connection, a frozen middlebox) otherwise blocks forever:
+    /// TCP keepalives only notice a peer that stopped acknowledging, not one that acknowledges
+    /// and never answers.
+    public var queryTimeoutSeconds: Double? = nil
+
     /// Runs one or more statements with the simple query protocol (migrations, LISTEN).
     /// Returns the rows of the last statement.
     @discardableResult
-    public func execute(_ sql: String) throws(PostgresError) -> PGRows {
-        guard let result = PQexec(conn, sql) else { throw lostOrFailed(nil) }
-        // Multi-statement strings return only the last result; earlier failures abort the rest.
-        return try consume(result)
+    public func execute(_ sql: String, timeoutSeconds: Double? = nil) throws(PostgresError) -> PGRows {
+        guard PQsendQuery(conn, sql) == 1 else { throw lostOrFailed(nil) }
+        return try awaitResult(timeoutSeconds: timeoutSeconds ?? queryTimeoutSeconds)
     }
 
     /// Runs one statement with parameters sent separately from the SQL text (never formatted in).
     @discardableResult
     public func execute(_ sql: String, _ parameters: [String?]) throws(PostgresError) -> PGRows {
-        try send(parameters) { PQexecParams(conn, sql, $0, nil, $1, nil, nil, 0) }
+        try send(parameters) { PQsendQueryParams(conn, sql, $0, nil, $1, nil, nil, 0) }
     }
 
     /// Parses and plans `sql` once on this connection; run it with `execute(prepared:_:)`.
     /// Saves the parse and plan (a few hundred microseconds) on every call of a hot query.
     public func prepare(_ name: String, _ sql: String, parameterCount: Int) throws(PostgresError) {
-        guard let result = PQprepare(conn, name, sql, Int32(parameterCount), nil) else { throw lostOrFailed(nil) }
-        _ = try consume(result)
+        guard PQsendPrepare(conn, name, sql, Int32(parameterCount), nil) == 1 else { throw lostOrFailed(nil) }
+        _ = try awaitResult(timeoutSeconds: queryTimeoutSeconds)
     }
 
     /// Runs a statement prepared with `prepare`; parameters are sent apart from the SQL text.
     @discardableResult
     public func execute(prepared name: String, _ parameters: [String?]) throws(PostgresError) -> PGRows {
-        try send(parameters) { PQexecPrepared(conn, name, $0, $1, nil, nil, 0) }
+        try send(parameters) { PQsendQueryPrepared(conn, name, $0, $1, nil, nil, 0) }
     }
 
     /// Parameters as C strings (text format; nil is SQL NULL) for the duration of one libpq call.
-    private func send(_ parameters: [String?], _ call: (Int32, [UnsafePointer<CChar>?]) -> OpaquePointer?) throws(PostgresError) -> PGRows {
+    private func send(_ parameters: [String?], _ call: (Int32, [UnsafePointer<CChar>?]) -> Int32) throws(PostgresError) -> PGRows {
         let cStrings: [UnsafeMutablePointer<CChar>?] = parameters.map { $0.map { strdup($0) } ?? nil }
         defer { cStrings.forEach { free($0) } }
-        guard let result = call(Int32(parameters.count), cStrings.map { $0.map { UnsafePointer($0) } }) else { throw lostOrFailed(nil) }
-        return try consume(result)
+        guard call(Int32(parameters.count), cStrings.map { $0.map { UnsafePointer($0) } }) == 1 else { throw lostOrFailed(nil) }
+        return try awaitResult(timeoutSeconds: queryTimeoutSeconds)
+    }
+
+    /// Waits (with `poll`, bounded by the timeout) until the query sent last has completed, and
+    /// returns its last result; the first error wins, as with PQexec. Notifications that arrive
+    /// meanwhile stay queued for `notifications()`.
+    private func awaitResult(timeoutSeconds: Double?) throws(PostgresError) -> PGRows {
+        let deadline = timeoutSeconds.map { monotonicSeconds() + $0 }
+        var outcome: Result<PGRows, PostgresError>? = nil
+        // A multi-statement string yields one result per statement, each of which may need a wait.
+        while true {
+            while PQisBusy(conn) == 1 {
+                var descriptor = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
+                var wait: Int32 = -1
+                if let deadline {
+                    let remaining = deadline - monotonicSeconds()
+                    if remaining <= 0 {
+                        throw PostgresError(code: .connectionLost, message: "no answer from the server within \(formatTimeout(timeoutSeconds ?? 0)) s; the connection is treated as lost (half-open TCP connection, or a server that stopped answering)", target: target.description)
+                    }
+                    wait = Int32(min(remaining * 1000 + 1, 60_000))
+                }
+                if poll(&descriptor, 1, wait) < 0 && errno != EINTR { throw lostOrFailed(nil) }
+                if PQconsumeInput(conn) == 0 { throw lostOrFailed(nil) }
+            }
+            guard let result = PQgetResult(conn) else { break }
+            let rows = Result { () throws(PostgresError) -> PGRows in try consume(result) }
+            if case .failure? = outcome {} else { outcome = rows }
+        }
+        guard let outcome else { throw lostOrFailed(nil) }
+        return try outcome.get()
+    }
+
+    private func monotonicSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+
+    private func formatTimeout(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? String(Int(seconds)) : String(format: "%.1f", seconds)
     }
 
     /// Reads whatever the server sent (non-blocking) so that `notifications()` sees it.
