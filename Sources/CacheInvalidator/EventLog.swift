@@ -65,6 +65,20 @@ struct EventLog {
         try connection.execute("SELECT pg_try_advisory_lock($1::int8)", [String(Self.leaderLockKey)])[0, 0] == "t"
     }
 
+    /// Ends this worker's own previous session if the server still keeps it: after a half-open
+    /// connection the server may not have noticed yet, and that session still holds the leader
+    /// lock (and a place in the notification queue). Only a session of the same role and
+    /// application that started before this one, so a reused pid is never hit. A role may end its
+    /// own sessions without further privilege.
+    func terminateAbandonedSession(pid: Int32) throws(PostgresError) -> Bool {
+        try connection.execute("""
+            SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
+            WHERE a.pid = $1::int4 AND a.pid <> pg_backend_pid() AND a.usename = current_user
+              AND a.application_name = current_setting('application_name')
+              AND a.backend_start < (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())
+            """, [String(pid)]).rows.first?[0] == "t"
+    }
+
     /// A cheap round trip with a short deadline: proves the connection still delivers.
     func heartbeat(timeoutSeconds: Double) throws(PostgresError) {
         try connection.execute("SELECT 1", timeoutSeconds: timeoutSeconds)

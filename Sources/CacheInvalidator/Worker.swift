@@ -37,6 +37,9 @@ final class Worker {
     private var nextLeadAttemptAt: UInt64 = 0
     private var announcedStandby = false
     private var lastPostgresAnswerAt: UInt64 = 0
+    /// The server-side pid of a connection this worker gave up on; the server may still keep
+    /// that session (and its leader lock) alive until its own keepalives notice.
+    private var abandonedBackendPID: Int32?
 
     private var postgresPolicy: ReconnectPolicy
     private var redisPolicy: ReconnectPolicy
@@ -135,7 +138,19 @@ final class Worker {
     private func tryToLead() {
         guard let eventLog, !active else { return }
         do {
-            guard try eventLog.tryLead() else {
+            var leading = try eventLog.tryLead()
+            if !leading, let pid = abandonedBackendPID {
+                abandonedBackendPID = nil
+                if try eventLog.terminateAbandonedSession(pid: pid) {
+                    logger.warning("ended this worker's previous Postgres session, which the server still kept (half-open connection); taking the lead back", metadata: [LogKey.backendPID: "\(pid)"])
+                    // The lock goes with the session, a moment after the signal.
+                    for _ in 0..<50 where !leading {
+                        usleep(20_000)
+                        leading = try eventLog.tryLead()
+                    }
+                }
+            }
+            guard leading else {
                 nextLeadAttemptAt = monotonicNanoseconds() + config.standbyPollNanoseconds
                 postgresRoundTripSucceeded()
                 if !announcedStandby {
@@ -153,6 +168,7 @@ final class Worker {
             return
         }
         active = true
+        abandonedBackendPID = nil
         needsDrain = true
         nextMaintenanceAt = 0
         statistics.update { $0.active = true; $0.listening = true; $0.takeovers += 1 }
@@ -191,6 +207,7 @@ final class Worker {
     }
 
     private func postgresFailed(_ error: PostgresError) {
+        if let postgres, error.code == .connectionLost { abandonedBackendPID = postgres.backendPID }
         eventLog = nil
         active = false
         needsDrain = true
