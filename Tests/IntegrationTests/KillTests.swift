@@ -1,0 +1,104 @@
+import Foundation
+import Glibc
+import Testing
+
+/// The executable killed with SIGKILL in the middle of draining a batch, with a standby
+/// process ready: the standby takes over, redoes the batch that was never acknowledged, and
+/// the killed worker, restarted, stands by. Every committed write's key is deleted.
+@Suite("Faults: the process killed")
+struct KillTests {
+    final class Worker {
+        let pid: pid_t
+        let log: String
+        private var reaped = false
+
+        init(environment: [String]) throws {
+            log = FileManager.default.temporaryDirectory.appendingPathComponent("ci-kill-\(UUID().uuidString).log").path
+            pid = try TestServers.spawn(ProcessTests.binary, ["run"], outputPath: log, environment: environment)
+        }
+
+        deinit {
+            if !reaped { kill(pid, SIGKILL); var status: Int32 = 0; waitpid(pid, &status, 0) }
+            unlink(log)
+        }
+
+        var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+        func waitForLine(containing text: String, timeout: Double = 20) -> Bool {
+            let deadline = Date().addingTimeInterval(timeout)
+            while Date() < deadline {
+                if output.contains(text) { return true }
+                usleep(5_000)
+            }
+            Issue.record("no line containing \(text.debugDescription) within \(timeout) s; log:\n\(output.suffix(2000))")
+            return false
+        }
+
+        func signal(_ number: Int32) { kill(pid, number) }
+
+        /// Waits for exit; the exit code, or 128 + the signal.
+        func exitCode(timeout: Double = 20) -> Int32? {
+            var status: Int32 = 0
+            let deadline = Date().addingTimeInterval(timeout)
+            while waitpid(pid, &status, WNOHANG) == 0 {
+                if Date() > deadline { return nil }
+                usleep(10_000)
+            }
+            reaped = true
+            return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        }
+    }
+
+    @Test func killedMidBatchStandbyTakesOverAndTheRestartedOneStandsBy() throws {
+        let harness = try Harness()
+        let environment = ["DATABASE_URL=\(harness.databaseURL)", "REDIS_URL=\(harness.servers.redisURL)", "KEY_PREFIX=\(harness.prefix)",
+                           "BATCH_SIZE=20", "SUMMARY_INTERVAL=1s", "PATH=/usr/bin:/bin"]
+        let first = try Worker(environment: environment)
+        #expect(first.waitForLine(containing: "postgres connected, listening"))
+        let standby = try Worker(environment: environment)
+        #expect(standby.waitForLine(containing: "standing by"))
+
+        let bot = BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "kill")
+        bot.start()
+        bot.waitForCommits(50)
+
+        // A burst committed in one transaction, every key cached: the active worker drains it
+        // 20 events per batch, and is killed part-way.
+        let burst = 20_000
+        let keys = (1...burst).map { "tx:\(600_000 + $0 % 1000):0xbulk\($0)" }
+        for chunk in stride(from: 0, to: keys.count, by: 1000) {
+            let commands = keys[chunk..<min(chunk + 1000, keys.count)].map { [Array("SET".utf8), Array((harness.prefix + $0).utf8), Array("cached".utf8)] }
+            _ = try harness.redis.pipeline(commands)
+        }
+        try harness.sql("""
+            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, status)
+            SELECT 600000 + g % 1000, '0xW', '0xT', 'buy', 'manual', '0xbulk' || g, 'confirmed' FROM generate_series(1, \(burst)) g
+            """)
+        let bulkProcessed = "SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NOT NULL AND payload->>'tx_hash' LIKE '0xbulk%'"
+        let deadline = Date().addingTimeInterval(20)
+        while try harness.count(bulkProcessed) < 200 && Date() < deadline { usleep(1_000) }
+        first.signal(SIGKILL)
+        let killedAt = Date()
+        #expect(first.exitCode() == 128 + SIGKILL)
+        let processedAtKill = try harness.count(bulkProcessed)
+        #expect(processedAtKill > 0 && processedAtKill < burst, "the kill landed during the drain (\(processedAtKill) of \(burst) done)")
+
+        #expect(standby.waitForLine(containing: "took over as the active worker"))
+        let takeover = Date().timeIntervalSince(killedAt)
+        #expect(takeover < 2, "the standby took \(takeover) s to take over")
+        let restarted = try Worker(environment: environment)
+        #expect(restarted.waitForLine(containing: "standing by"))
+
+        bot.waitForCommits(100)
+        bot.stop()
+        try harness.waitUntilProcessed(timeout: 60)
+        #expect(try harness.keysNeverDeleted(bot.writes) == [])
+        let bulkLeft = try harness.deleted(among: keys).count
+        #expect(bulkLeft == burst, "\(burst - bulkLeft) burst keys never deleted")
+
+        standby.signal(SIGTERM)
+        restarted.signal(SIGTERM)
+        #expect(standby.exitCode() == 0)
+        #expect(restarted.exitCode() == 0)
+    }
+}
