@@ -25,6 +25,9 @@ public enum Setting: String, CaseIterable, Sendable {
     case redisTimeout = "redis-timeout"
     case reconnectMax = "reconnect-max"
     case retention = "retention"
+    case metricsAddress = "metrics-address"
+    case warnBacklog = "warn-backlog"
+    case warnAge = "warn-age"
     case logLevel = "log-level"
     case logFormat = "log-format"
 
@@ -51,6 +54,9 @@ public enum Setting: String, CaseIterable, Sendable {
         case .redisTimeout: return "2s"
         case .reconnectMax: return "10s"
         case .retention: return "24h"
+        case .metricsAddress: return "127.0.0.1:9187"
+        case .warnBacklog: return "10000"
+        case .warnAge: return "60s"
         case .logLevel: return "info"
         case .logFormat: return "logfmt"
         }
@@ -69,6 +75,9 @@ public enum Setting: String, CaseIterable, Sendable {
         case .redisTimeout: return "Timeout of one Redis connect or round trip."
         case .reconnectMax: return "Longest wait between reconnection attempts (backoff is exponential with jitter)."
         case .retention: return "How long processed events stay in the log (audit, replay) before the worker deletes them; 0 keeps them forever."
+        case .metricsAddress: return "IP:PORT serving /metrics, /healthz and /readyz over HTTP, or off. 0.0.0.0:9187 exposes it on every interface."
+        case .warnBacklog: return "Warn (each summary) while more events than this wait in the log."
+        case .warnAge: return "Warn (each summary) while the oldest waiting event is older than this."
         case .logLevel: return "trace, debug (one line per event), info, notice, warning, error or critical."
         case .logFormat: return "logfmt or json."
         }
@@ -166,7 +175,22 @@ public struct SettingsResolver {
             throw ConfigurationError("\(origin(.retention)) is \(value(.retention)!.debugDescription); expected 0 (keep forever) or at least 1s, e.g. 24h or 7d")
         }
         config.retentionSeconds = retention / 1_000_000_000
+        let backlog = value(.warnBacklog)!
+        guard let warnBacklog = Int64(backlog), warnBacklog >= 0 else {
+            throw ConfigurationError("\(origin(.warnBacklog)) is \(backlog.debugDescription); expected a whole number of events, e.g. 10000")
+        }
+        config.backlogWarning = warnBacklog
+        config.oldestAgeWarningSeconds = Double(try duration(.warnAge, minimum: 1_000_000_000)) / 1e9
         return config
+    }
+
+    /// Where /metrics, /healthz and /readyz listen; nil when turned off.
+    public func metricsAddress() throws(ConfigurationError) -> ListenAddress? {
+        do {
+            return try ListenAddress.parse(value(.metricsAddress)!)
+        } catch {
+            throw ConfigurationError("\(origin(.metricsAddress)): \(error)")
+        }
     }
 
     func duration(_ setting: Setting, minimum: UInt64) throws(ConfigurationError) -> UInt64 {

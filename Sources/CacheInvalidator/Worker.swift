@@ -23,6 +23,9 @@ final class Worker {
     private let statistics: WorkerStatistics
     private let wake: WakeSignal
     private let stopRequested: StopFlag
+    private let metrics: WorkerMetrics?
+    /// Cleared when Redis refuses INFO (an ACL without it): the cache figures are then not exported.
+    private var redisInfoAllowed = true
 
     /// The Postgres side (its connection is `postgres`); nil while disconnected.
     private var eventLog: EventLog?
@@ -65,8 +68,9 @@ final class Worker {
     private let debugEnabled: Bool
     private var nextSummaryAt: UInt64
 
-    init(config: WorkerConfiguration, logger: Logger, statistics: WorkerStatistics, wake: WakeSignal, stopRequested: StopFlag) {
+    init(config: WorkerConfiguration, logger: Logger, statistics: WorkerStatistics, wake: WakeSignal, stopRequested: StopFlag, metrics: WorkerMetrics? = nil) {
         self.config = config
+        self.metrics = metrics
         self.logger = logger
         self.statistics = statistics
         self.wake = wake
@@ -393,8 +397,10 @@ final class Worker {
         // Per-event key counts only feed the debug line; the plan is built once either way.
         var rendered: [(keys: Int, patterns: Int)] = []
         if debugEnabled { rendered.reserveCapacity(fetched.events.count) }
+        var keysByKind: [EventKind: Int] = [:]
         for event in fetched.events {
             let counts = config.rules.apply(event, prefix: config.keyPrefix, to: &plan)
+            keysByKind[event.kind, default: 0] += counts.keys
             if debugEnabled { rendered.append(counts) }
         }
         let outcome: RedisInvalidator.Outcome
@@ -428,17 +434,18 @@ final class Worker {
             postgresFailed(error)
             return false
         }
-        record(fetched, plan: plan, rendered: rendered, outcome: outcome, confirmedAt: confirmedAt)
+        record(fetched, plan: plan, rendered: rendered, keysByKind: keysByKind, outcome: outcome, confirmedAt: confirmedAt)
         return true
     }
 
     private func record(_ fetched: EventLog.Fetched, plan: InvalidationPlan, rendered: [(keys: Int, patterns: Int)],
-                        outcome: RedisInvalidator.Outcome, confirmedAt: Int64) {
+                        keysByKind: [EventKind: Int], outcome: RedisInvalidator.Outcome, confirmedAt: Int64) {
         var byKind: [EventKind: UInt64] = [:]
         var slow = 0
         for (index, event) in fetched.events.enumerated() {
             let lag = confirmedAt - event.startMicros * 1000
             interval.record(lagNanoseconds: lag)
+            metrics?.observe(lagNanoseconds: lag)
             byKind[event.kind, default: 0] += 1
             namedIDs.remove(event.id)
             recentIDs.insert(event.id)
@@ -464,9 +471,11 @@ final class Worker {
             }
         }
         interval.add(keys: plan.keys.count)
+        metrics?.observe(batchEvents: fetched.events.count)
         statistics.update { s in
             s.eventsProcessed += UInt64(fetched.events.count)
             for (kind, count) in byKind { s.eventsByKind[kind.rawValue, default: 0] += count }
+            for (kind, count) in keysByKind { s.keysByKind[kind.rawValue, default: 0] += UInt64(count) }
             s.keysDeleted += UInt64(plan.keys.count)
             s.keysRemoved += UInt64(max(0, outcome.removed))
             s.patternsScanned += UInt64(outcome.scanned)
@@ -602,6 +611,7 @@ final class Worker {
             // An idle connection can be dead without anyone noticing; find out now, not at the next trade.
             do { try ping(redis) } catch { redisFailed(error) }
         }
+        if metrics != nil { readRedisInfo() }
         let summary = interval.summary
         metadata[LogKey.events] = "\(summary.events)"
         metadata[LogKey.keys] = "\(summary.keys)"
@@ -615,6 +625,26 @@ final class Worker {
         metadata[LogKey.redis] = "\(redis != nil ? "up" : "down")"
         logger.info("lag summary", metadata: metadata)
         interval.reset()
+    }
+
+    /// The cache's own health figures for /metrics (hit ratio, memory, evictions).
+    private func readRedisInfo() {
+        guard let redis, redisInfoAllowed else { return }
+        do {
+            let reply = try redis.command([Array("INFO".utf8)])
+            switch reply {
+            case .bulk(let bytes):
+                let info = RedisInfo.parse(String(decoding: bytes, as: UTF8.self))
+                statistics.update { $0.redisInfo = info }
+            case .error(let message):
+                redisInfoAllowed = false
+                logger.warning("Redis refused INFO; the cache's own figures (hit ratio, memory) are not exported. Allow +info for the worker's user (deploy/redis/users.acl)", metadata: [LogKey.error: "\(message)"])
+            default:
+                break
+            }
+        } catch {
+            redisFailed(error)
+        }
     }
 
     /// Growth that needs a person: the log filling while nothing drains it (worker or Redis down

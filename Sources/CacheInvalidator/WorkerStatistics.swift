@@ -6,6 +6,8 @@ public final class WorkerStatistics: Sendable {
     public struct Snapshot: Sendable, Equatable {
         public var eventsProcessed: UInt64 = 0
         public var eventsByKind: [String: UInt64] = [:]
+        /// Keys sent for deletion by the events of each kind (before de-duplication in a batch).
+        public var keysByKind: [String: UInt64] = [:]
         public var keysDeleted: UInt64 = 0
         public var keysRemoved: UInt64 = 0
         public var patternsScanned: UInt64 = 0
@@ -35,6 +37,8 @@ public final class WorkerStatistics: Sendable {
         public var heartbeatFailures: UInt64 = 0
         /// Times this worker became the active one.
         public var takeovers: UInt64 = 0
+        /// The cache's own figures from its last INFO (nil until read, or if INFO is not allowed).
+        public var redisInfo: RedisInfo?
     }
 
     private let state = Mutex(Snapshot())

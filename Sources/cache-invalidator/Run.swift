@@ -3,6 +3,7 @@ import CacheInvalidator
 import Dispatch
 import Foundation
 import Glibc
+import InvalidationCore
 import Logging
 import Synchronization
 
@@ -31,6 +32,12 @@ struct Run: ParsableCommand {
     var reconnectMax: String?
     @Option(help: ArgumentHelp(.retention, valueName: "duration"))
     var retention: String?
+    @Option(help: ArgumentHelp(.metricsAddress, valueName: "ip:port"))
+    var metricsAddress: String?
+    @Option(help: ArgumentHelp(.warnBacklog, valueName: "n"))
+    var warnBacklog: String?
+    @Option(help: ArgumentHelp(.warnAge, valueName: "duration"))
+    var warnAge: String?
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
@@ -41,14 +48,31 @@ struct Run: ParsableCommand {
         flags[.redisTimeout] = redisTimeout
         flags[.reconnectMax] = reconnectMax
         flags[.retention] = retention
+        flags[.metricsAddress] = metricsAddress
+        flags[.warnBacklog] = warnBacklog
+        flags[.warnAge] = warnAge
         let resolver = SettingsResolver(flags: flags)
         let configuration: WorkerConfiguration
         let logger: Logger
+        let listenAddress: ListenAddress?
         do {
             logger = try bootstrapLogging(resolver)
             configuration = try resolver.workerConfiguration()
+            listenAddress = try resolver.metricsAddress()
         } catch {
             fail(error)
+        }
+        let statistics = WorkerStatistics()
+        let metrics = WorkerMetrics(version: BuildInfo.version)
+        // Before the worker: a port already taken is a configuration error, said at once.
+        var statusServer: StatusServer? = nil
+        if let listenAddress {
+            do {
+                statusServer = try StatusServer.start(address: listenAddress, statistics: statistics, metrics: metrics)
+                logger.info("serving /metrics, /healthz and /readyz", metadata: ["address": "\(listenAddress)"])
+            } catch {
+                fail(ConfigurationError(error.description))
+            }
         }
 
         // Signals are handled on a dispatch queue, never in the middle of a libpq call, and are
@@ -74,9 +98,10 @@ struct Run: ParsableCommand {
             source.resume()
             sources.append(source)
         }
-        let handle = WorkerHandle.start(configuration: configuration, logger: logger)
+        let handle = WorkerHandle.start(configuration: configuration, logger: logger, statistics: statistics, metrics: metrics)
         stopper.attach(handle)
         handle.wait()
+        statusServer?.stop()
         withExtendedLifetime(sources) {}
     }
 }

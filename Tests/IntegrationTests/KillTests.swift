@@ -52,7 +52,7 @@ struct KillTests {
     @Test func killedMidBatchStandbyTakesOverAndTheRestartedOneStandsBy() throws {
         let harness = try Harness()
         let environment = ["DATABASE_URL=\(harness.databaseURL)", "REDIS_URL=\(harness.servers.redisURL)", "KEY_PREFIX=\(harness.prefix)",
-                           "BATCH_SIZE=20", "SUMMARY_INTERVAL=1s", "PATH=/usr/bin:/bin"]
+                           "BATCH_SIZE=20", "SUMMARY_INTERVAL=1s", "METRICS_ADDRESS=off", "PATH=/usr/bin:/bin"]
         let first = try Worker(environment: environment)
         #expect(first.waitForLine(containing: "postgres connected, listening"))
         let standby = try Worker(environment: environment)

@@ -50,7 +50,9 @@ struct ProcessTests {
 
         let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("ci-\(UUID().uuidString).log").path
         defer { unlink(outputPath) }
-        let env = ["DATABASE_URL=\(databaseURL)", "REDIS_URL=\(redisURL)", "SUMMARY_INTERVAL=300ms", "LOG_LEVEL=debug", "PATH=/usr/bin:/bin"]
+        let metricsPort = TestServers.freePort()
+        let env = ["DATABASE_URL=\(databaseURL)", "REDIS_URL=\(redisURL)", "SUMMARY_INTERVAL=300ms", "LOG_LEVEL=debug",
+                   "METRICS_ADDRESS=127.0.0.1:\(metricsPort)", "PATH=/usr/bin:/bin"]
         let pid = try TestServers.spawn(Self.binary, ["run"], outputPath: outputPath, environment: env)
         var exited = false
         defer { if !exited { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) } }
@@ -69,6 +71,12 @@ struct ProcessTests {
             if log.contains("msg=\"lag summary\"") && log.contains("events=1 ") { break }
             usleep(50_000)
         }
+        // What a scraper and a probe see, and no password there either.
+        let metrics = StatusServerTests.get("/metrics", port: metricsPort)
+        #expect(metrics?.status == 200)
+        #expect(StatusServerTests.sample(metrics?.body ?? "", #"cache_invalidator_events_total{kind="trade_settled"}"#) == 1)
+        #expect(metrics?.body.contains(redisPassword) == false && metrics?.body.contains(postgresPassword) == false)
+        #expect(StatusServerTests.get("/readyz", port: metricsPort)?.status == 200)
         #expect(kill(pid, SIGTERM) == 0)
         var status: Int32 = 0
         let started = Date()
@@ -96,6 +104,10 @@ struct ProcessTests {
         (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h/db?sslmode=requir"], "DATABASE_URL has sslmode \"requir\""),
         (["run"], ["DATABASE_URL": "postgres://u:%zzSecret-Pw-123@h/db"], "DATABASE_URL is not a valid connection string"),
         (["run"], ["DATABASE_URL": "host=h password=Secret-Pw-123 bogus=1"], "DATABASE_URL is not a valid connection string"),
+        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h/db", "METRICS_ADDRESS": "localhost:9187"], "METRICS_ADDRESS: \"localhost:9187\" is not a listen address"),
+        (["run", "--metrics-address", "127.0.0.1:0"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h/db"], "--metrics-address: \"127.0.0.1:0\" is not a listen address"),
+        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h/db", "WARN_BACKLOG": "lots"], "WARN_BACKLOG is \"lots\""),
+        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h/db", "WARN_AGE": "10ms"], "WARN_AGE is \"10ms\""),
         (["run"], ["DATABASE_URL": "postgres://h/db", "BATCH_SIZE": "0"], "BATCH_SIZE is \"0\""),
         (["run"], ["DATABASE_URL": "postgres://h/db", "SLOW_THRESHOLD": "fast"], "SLOW_THRESHOLD is \"fast\""),
         (["run"], ["DATABASE_URL": "postgres://h/db", "DELETE_COMMAND": "flushall"], "expected del or unlink"),

@@ -1,0 +1,136 @@
+import InvalidationCore
+import Prometheus
+import Synchronization
+
+/// The worker's Prometheus metrics. One prefix, base units, `_total` on counters, help on
+/// every metric; labels only for the event kind (eight values), never a key or a user.
+///
+/// Lag and batch sizes are observed as they happen (histograms need every observation); all
+/// other figures come from `WorkerStatistics`, the single source of truth also read by tests and
+/// logs, and are brought up to date when Prometheus scrapes.
+public final class WorkerMetrics: Sendable {
+    public static let prefix = "cache_invalidator_"
+    /// Sub-millisecond resolution where the lag lives, then up to minutes for a drained backlog.
+    static let lagBuckets: [Double] = [0.0001, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+                                       0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
+    static let batchBuckets: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+
+    public let registry = PrometheusCollectorRegistry()
+    private let lag: ValueHistogram
+    private let batchEvents: ValueHistogram
+    private let events: [String: Counter]
+    private let keys: [String: Counter]
+    private let counters: [(Counter, @Sendable (WorkerStatistics.Snapshot) -> UInt64)]
+    private let gauges: [(Gauge, @Sendable (WorkerStatistics.Snapshot) -> Double)]
+    private let redisCounters: [(Counter, @Sendable (RedisInfo) -> Double?)]
+    private let redisGauges: [(Gauge, @Sendable (RedisInfo) -> Double?)]
+    /// What the counters showed at the last scrape, to add only the difference.
+    private let exported = Mutex<(snapshot: WorkerStatistics.Snapshot, redis: [Double?])>((WorkerStatistics.Snapshot(), []))
+
+    public init(version: String) {
+        let p = Self.prefix
+        let registry = self.registry
+        lag = registry.makeValueHistogram(name: p + "lag_seconds", buckets: Self.lagBuckets,
+                                          help: "Commit (or trigger write, without track_commit_timestamp) to Redis confirming the deletion, per event")
+        batchEvents = registry.makeValueHistogram(name: p + "batch_events", buckets: Self.batchBuckets,
+                                                  help: "Events per batch (one pipelined deletion round trip)")
+        var events: [String: Counter] = [:], keys: [String: Counter] = [:]
+        for kind in EventKind.allNames {
+            events[kind] = registry.makeCounter(name: p + "events_total", labels: [("kind", kind)], help: "Events invalidated and acknowledged, by event kind")
+            keys[kind] = registry.makeCounter(name: p + "keys_total", labels: [("kind", kind)], help: "Keys sent to Redis for deletion, by event kind (before de-duplication within a batch)")
+        }
+        self.events = events
+        self.keys = keys
+        func counter(_ name: String, _ help: String, _ read: @escaping @Sendable (WorkerStatistics.Snapshot) -> UInt64) -> (Counter, @Sendable (WorkerStatistics.Snapshot) -> UInt64) {
+            (registry.makeCounter(name: p + name, help: help), read)
+        }
+        counters = [
+            counter("batches_total", "Batches deleted and acknowledged") { $0.batches },
+            counter("redis_errors_total", "Failed Redis connects and round trips") { $0.redisErrors },
+            counter("postgres_errors_total", "Failed Postgres connects and queries (heartbeats included)") { $0.postgresErrors },
+            counter("redis_reconnects_total", "Redis connections opened after the first") { $0.redisConnects > 0 ? $0.redisConnects - 1 : 0 },
+            counter("postgres_reconnects_total", "Postgres connections opened after the first") { $0.postgresConnects > 0 ? $0.postgresConnects - 1 : 0 },
+            counter("heartbeat_failures_total", "Postgres connections given up because a heartbeat went unanswered (half-open)") { $0.heartbeatFailures },
+            counter("malformed_notifications_total", "Notifications on the channel whose payload is not an event id (ignored)") { $0.malformedNotifications },
+            counter("unknown_event_notifications_total", "Notifications naming an event the log never held (forged; nothing deleted)") { $0.forgedNotifications },
+            counter("undecodable_events_total", "Events whose payload could not be decoded (acknowledged, nothing deleted, logged)") { $0.undecodableEvents },
+            counter("slow_events_total", "Events slower than --slow-threshold, commit to deletion") { $0.slowEvents },
+            counter("events_pruned_total", "Processed events deleted from the log past --retention") { $0.eventsPruned },
+            counter("takeovers_total", "Times this worker became the active one") { $0.takeovers },
+        ]
+        func gauge(_ name: String, _ help: String, _ read: @escaping @Sendable (WorkerStatistics.Snapshot) -> Double) -> (Gauge, @Sendable (WorkerStatistics.Snapshot) -> Double) {
+            (registry.makeGauge(name: p + name, help: help), read)
+        }
+        @Sendable func flag(_ value: Bool) -> Double { value ? 1 : 0 }
+        gauges = [
+            gauge("backlog_events", "Unprocessed events in the log (updated every --summary-interval)") { Double($0.backlog) },
+            gauge("oldest_unprocessed_age_seconds", "Age of the oldest unprocessed event (updated every --summary-interval)") { $0.oldestPendingAgeSeconds },
+            gauge("event_log_bytes", "Size of cache_invalidation.events with its indexes (updated every --summary-interval)") { Double($0.logBytes) },
+            gauge("notification_queue_usage_ratio", "pg_notification_queue_usage(), 0 to 1; when full, notifying commits fail") { $0.queueUsage },
+            gauge("missing_triggers", "Expected triggers missing or disabled at the last check (-1: not checked, e.g. on a standby)") { Double($0.missingTriggers) },
+            gauge("postgres_up", "1 while the worker's Postgres connection works") { flag($0.postgresUp) },
+            gauge("redis_up", "1 while the worker's Redis connection works") { flag($0.redisUp) },
+            gauge("listening", "1 while LISTEN is active (the active worker only)") { flag($0.listening) },
+            gauge("active", "1 if this worker holds the leader lock and does the work, 0 on a standby") { flag($0.active) },
+        ]
+        func redisCounter(_ name: String, _ help: String, _ read: @escaping @Sendable (RedisInfo) -> Double?) -> (Counter, @Sendable (RedisInfo) -> Double?) {
+            (registry.makeCounter(name: p + "redis_" + name, help: help + " (Redis INFO)"), read)
+        }
+        func redisGauge(_ name: String, _ help: String, _ read: @escaping @Sendable (RedisInfo) -> Double?) -> (Gauge, @Sendable (RedisInfo) -> Double?) {
+            (registry.makeGauge(name: p + "redis_" + name, help: help + " (Redis INFO)"), read)
+        }
+        redisCounters = [
+            redisCounter("keyspace_hits_total", "Successful key lookups in the cache") { $0.keyspaceHits },
+            redisCounter("keyspace_misses_total", "Failed key lookups in the cache") { $0.keyspaceMisses },
+            redisCounter("evicted_keys_total", "Keys evicted because of maxmemory") { $0.evictedKeys },
+            redisCounter("expired_keys_total", "Keys removed by their TTL") { $0.expiredKeys },
+        ]
+        redisGauges = [
+            redisGauge("used_memory_bytes", "Memory used by the cache") { $0.usedMemoryBytes },
+            redisGauge("maxmemory_bytes", "The cache's maxmemory setting, 0 for none") { $0.maxmemoryBytes },
+            redisGauge("connected_clients", "Clients connected to the cache") { $0.connectedClients },
+        ]
+        registry.makeGauge(name: p + "build_info", labels: [("version", version)], help: "Always 1; the version label tells which build runs").set(to: 1.0)
+    }
+
+    func observe(lagNanoseconds: Int64) {
+        lag.record(Double(max(0, lagNanoseconds)) / 1e9)
+    }
+
+    func observe(batchEvents count: Int) {
+        batchEvents.record(Double(count))
+    }
+
+    /// The text exposition, brought up to date with `snapshot` first.
+    public func exposition(_ snapshot: WorkerStatistics.Snapshot) -> [UInt8] {
+        exported.withLock { last in
+            for (counter, read) in counters {
+                let now = read(snapshot), before = read(last.snapshot)
+                if now > before { counter.increment(by: Int64(now - before)) }
+            }
+            for kind in EventKind.allNames {
+                let newEvents = snapshot.eventsByKind[kind, default: 0], oldEvents = last.snapshot.eventsByKind[kind, default: 0]
+                if newEvents > oldEvents { events[kind]?.increment(by: Int64(newEvents - oldEvents)) }
+                let newKeys = snapshot.keysByKind[kind, default: 0], oldKeys = last.snapshot.keysByKind[kind, default: 0]
+                if newKeys > oldKeys { keys[kind]?.increment(by: Int64(newKeys - oldKeys)) }
+            }
+            for (gauge, read) in gauges { gauge.set(to: read(snapshot)) }
+            if let info = snapshot.redisInfo {
+                let previous = last.redis.count == redisCounters.count ? last.redis : Array(repeating: nil, count: redisCounters.count)
+                var current: [Double?] = []
+                for (index, (counter, read)) in redisCounters.enumerated() {
+                    let value = read(info)
+                    current.append(value ?? previous[index])
+                    guard let value else { continue }
+                    // Redis restarted (its counters started over): count what it has seen since.
+                    let delta = previous[index].map { value >= $0 ? value - $0 : value } ?? value
+                    if delta > 0 { counter.increment(by: delta) }
+                }
+                last.redis = current
+                for (gauge, read) in redisGauges { if let value = read(info) { gauge.set(to: value) } }
+            }
+            last.snapshot = snapshot
+        }
+        return registry.emitToBuffer()
+    }
+}
