@@ -22,8 +22,15 @@ struct EventLog {
         // the server (and the connection stays usable) before the worker gives up on the
         // connection. The tcp_* settings make the server, too, notice a vanished worker within
         // seconds: its session (and with it the leader lock) is then released for a standby.
+        //
+        // synchronous_commit = off for this session only (never the bot's): an acknowledgement
+        // then does not wait for its WAL flush. If Postgres crashes, the last acknowledgements may
+        // be lost and those events are invalidated again (at-least-once; deletions are
+        // idempotent); nothing else this session writes. Waiting for the flush would hold the
+        // worker ~1 ms per batch and add an fsync that competes with the bot's commits.
         try connection.execute("""
             SET statement_timeout = '8s'; SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '60s';
+            SET synchronous_commit = off;
             SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000
             """)
         connection.queryTimeoutSeconds = EventLog.queryTimeoutSeconds
@@ -40,6 +47,17 @@ struct EventLog {
             WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id > $3
             ORDER BY e.id LIMIT $1
             """, parameterCount: 3)
+        // The same, acknowledging the previous batch of the drain in the same statement. The
+        // SELECT does not see the UPDATE (one snapshot), and needs not: those ids are all at or
+        // below the cursor.
+        try connection.prepare("ci_ack_fetch_pending", """
+            WITH acknowledged AS (
+                UPDATE cache_invalidation.events SET processed_at = clock_timestamp()
+                WHERE id = ANY($4::int8[]) AND processed_at IS NULL)
+            SELECT \(columns) FROM cache_invalidation.events e
+            WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id > $3
+            ORDER BY e.id LIMIT $1
+            """, parameterCount: 4)
         // The fast path: the events notifications named, by primary key. Scanning the pending
         // index instead would walk every entry acknowledged since the last vacuum.
         try connection.prepare("ci_fetch_ids", """
@@ -99,9 +117,13 @@ struct EventLog {
         var maxID: Int64 = 0
     }
 
-    /// Pending events with ids above `after`, oldest first (a drain pass).
-    func fetchPending(after: Int64, limit: Int) throws(PostgresError) -> Fetched {
-        Self.decode(try connection.execute(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after)]))
+    /// Pending events with ids above `after`, oldest first (a drain pass); acknowledges
+    /// `acknowledging` (all at or below `after`) in the same statement.
+    func fetchPending(after: Int64, limit: Int, acknowledging: [Int64] = []) throws(PostgresError) -> Fetched {
+        if acknowledging.isEmpty {
+            return Self.decode(try connection.execute(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after)]))
+        }
+        return Self.decode(try connection.execute(prepared: "ci_ack_fetch_pending", [String(limit), knownKinds, String(after), PostgresArray.integers(acknowledging)]))
     }
 
     /// The named events that are still pending (the fast path after notifications).

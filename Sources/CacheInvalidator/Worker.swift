@@ -364,23 +364,41 @@ final class Worker {
     /// began is also announced by a notification and fetched by id.
     private func drainPass() -> Bool {
         var cursor: Int64 = 0
+        // Each batch is acknowledged by the statement that fetches the next one: one round trip
+        // per batch instead of two. Still only after Redis confirmed the batch's deletions.
+        var unacknowledged: Deleted? = nil
+        defer {
+            // Stopping (or a failure) in the middle: acknowledge what Redis already confirmed.
+            if let last = unacknowledged, acknowledge(last) { record(last) }
+        }
         while !stopping {
             guard let eventLog else { return false }
             let fetched: EventLog.Fetched
             do {
-                fetched = try eventLog.fetchPending(after: cursor, limit: config.batchSize)
+                fetched = try eventLog.fetchPending(after: cursor, limit: config.batchSize, acknowledging: unacknowledged?.ids ?? [])
             } catch {
+                unacknowledged = nil
                 postgresFailed(error)
                 return false
             }
+            if let done = unacknowledged {
+                unacknowledged = nil
+                record(done)
+            }
             postgresRoundTripSucceeded()
             if fetched.rowCount > 0 {
-                guard invalidate(fetched) else { return false }
+                guard let deleted = delete(fetched) else { return false }
+                unacknowledged = deleted
                 cursor = fetched.maxID
             } else {
                 redisRoundTripSucceeded()
             }
             if fetched.rowCount < config.batchSize {
+                if let last = unacknowledged {
+                    unacknowledged = nil
+                    guard acknowledge(last) else { return false }
+                    record(last)
+                }
                 needsDrain = false
                 statistics.update { $0.initialDrainDone = true }
                 return true
@@ -392,7 +410,27 @@ final class Worker {
     /// Deletes the keys of a batch in one round trip and then acknowledges it.
     /// Returns false if Redis or Postgres failed (the batch stays pending and is redone).
     private func invalidate(_ fetched: EventLog.Fetched) -> Bool {
-        guard let eventLog, let invalidator else { return false }
+        guard let deleted = delete(fetched), acknowledge(deleted) else { return false }
+        record(deleted)
+        return true
+    }
+
+    /// A batch whose keys Redis confirmed gone, waiting to be acknowledged and recorded.
+    private struct Deleted {
+        var fetched: EventLog.Fetched
+        var plan: InvalidationPlan
+        var rendered: [(keys: Int, patterns: Int)]
+        var keysByKind: [EventKind: Int]
+        var outcome: RedisInvalidator.Outcome
+        var confirmedAt: Int64
+        /// Everything to acknowledge: the events, and rows that could not be decoded.
+        var ids: [Int64]
+    }
+
+    /// Deletes the keys of a batch in one pipelined round trip. nil if Redis failed (nothing is
+    /// acknowledged then: the events stay pending and are retried after reconnecting).
+    private func delete(_ fetched: EventLog.Fetched) -> Deleted? {
+        guard let invalidator else { return nil }
         var plan = InvalidationPlan()
         // Per-event key counts only feed the debug line; the plan is built once either way.
         var rendered: [(keys: Int, patterns: Int)] = []
@@ -407,9 +445,8 @@ final class Worker {
         do {
             outcome = try invalidator.execute(plan)
         } catch {
-            // Not acknowledged: the events stay pending and are retried after reconnecting.
             redisFailed(error)
-            return false
+            return nil
         }
         let confirmedAt = wallClockNanoseconds()
         redisRoundTripSucceeded()
@@ -426,20 +463,25 @@ final class Worker {
             namedIDs.remove(bad.id)
             recentIDs.insert(bad.id)
         }
+        return Deleted(fetched: fetched, plan: plan, rendered: rendered, keysByKind: keysByKind, outcome: outcome, confirmedAt: confirmedAt, ids: ids)
+    }
+
+    private func acknowledge(_ deleted: Deleted) -> Bool {
+        guard let eventLog else { return false }
         do {
-            try eventLog.acknowledge(ids)
+            try eventLog.acknowledge(deleted.ids)
+            return true
         } catch {
             // Deleted but not acknowledged: the events come back after reconnecting and are
             // deleted again, which is harmless (at-least-once, deletions are idempotent).
             postgresFailed(error)
             return false
         }
-        record(fetched, plan: plan, rendered: rendered, keysByKind: keysByKind, outcome: outcome, confirmedAt: confirmedAt)
-        return true
     }
 
-    private func record(_ fetched: EventLog.Fetched, plan: InvalidationPlan, rendered: [(keys: Int, patterns: Int)],
-                        keysByKind: [EventKind: Int], outcome: RedisInvalidator.Outcome, confirmedAt: Int64) {
+    private func record(_ deleted: Deleted) {
+        let fetched = deleted.fetched, plan = deleted.plan, rendered = deleted.rendered
+        let keysByKind = deleted.keysByKind, outcome = deleted.outcome, confirmedAt = deleted.confirmedAt
         var byKind: [EventKind: UInt64] = [:]
         var slow = 0
         for (index, event) in fetched.events.enumerated() {
