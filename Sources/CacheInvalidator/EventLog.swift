@@ -78,6 +78,36 @@ struct EventLog {
     /// In pg_locks: locktype advisory, classid 1667326824, objid 1701408374, objsubid 1.
     public static let leaderLockKey: Int64 = 0x6361_6368_6569_6E76
 
+    /// G, "writer in flight" (0003_quiet_notify): held shared by every writer until it ends.
+    public static let writersLockKey: Int64 = leaderLockKey + 1
+    /// W, "worker polling" (0003_quiet_notify): held by the active worker while it polls the log;
+    /// writers skip their NOTIFY meanwhile.
+    public static let pollingLockKey: Int64 = leaderLockKey + 2
+
+    /// Whether emit() skips its NOTIFY while W is held (migration 0003 applied).
+    func hasQuietNotify() throws(PostgresError) -> Bool {
+        try connection.execute("""
+            SELECT coalesce(bool_or(p.prosrc LIKE '%' || $1 || '%'), false) FROM pg_proc p
+            WHERE p.oid = to_regprocedure('cache_invalidation.emit(text,jsonb)')
+            """, [String(Self.pollingLockKey)])[0, 0] == "t"
+    }
+
+    /// Takes W without waiting; false while a writer that is notifying still holds it shared.
+    func startPolling() throws(PostgresError) -> Bool {
+        try connection.execute("SELECT pg_try_advisory_lock($1::int8)", [String(Self.pollingLockKey)])[0, 0] == "t"
+    }
+
+    func stopPolling() throws(PostgresError) {
+        try connection.execute("SELECT pg_advisory_unlock($1::int8)", [String(Self.pollingLockKey)])
+    }
+
+    /// True when no writer holds G: every transaction that skipped its NOTIFY has ended. Takes
+    /// G for an instant without ever waiting (a queued exclusive request would stall writers).
+    func noQuietWriterInFlight() throws(PostgresError) -> Bool {
+        try connection.execute("SELECT CASE WHEN pg_try_advisory_lock($1::int8) THEN pg_advisory_unlock($1::int8) ELSE false END",
+                               [String(Self.writersLockKey)])[0, 0] == "t"
+    }
+
     /// Tries to become the active worker; the lock lives as long as this session.
     func tryLead() throws(PostgresError) -> Bool {
         try connection.execute("SELECT pg_try_advisory_lock($1::int8)", [String(Self.leaderLockKey)])[0, 0] == "t"

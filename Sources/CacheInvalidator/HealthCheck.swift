@@ -14,6 +14,8 @@ public struct HealthCheck {
 
     /// The schema version this worker reads (0002_cache_invalidation).
     public static let requiredSchemaVersion: Int64 = 2
+    /// The newest schema version shipped (0003_quiet_notify).
+    public static let latestSchemaVersion: Int64 = 3
 
     public var configuration: WorkerConfiguration
     public var maximumBacklog: Int64 = 10_000
@@ -58,7 +60,9 @@ public struct HealthCheck {
                 let version = Int64(applied[0, 0] ?? "0") ?? 0
                 findings.append(Finding(
                     ok: version >= Self.requiredSchemaVersion, subject: "migrations",
-                    detail: version >= Self.requiredSchemaVersion ? "schema version \(version)" : "schema version \(version), this worker needs \(Self.requiredSchemaVersion); apply the migrations"))
+                    detail: version >= Self.requiredSchemaVersion
+                        ? "schema version \(version)" + (version < Self.latestSchemaVersion ? " (works; apply the pending migrations: 0003 quiet_notify spares the bot's writes their NOTIFY while the worker is busy)" : "")
+                        : "schema version \(version), this worker needs \(Self.requiredSchemaVersion); apply the migrations"))
             } else {
                 findings.append(Finding(ok: true, subject: "migrations", detail: "event log present (version table not readable by this role)"))
             }

@@ -30,6 +30,7 @@ public enum LogKey {
     public static let file = "file"
     public static let lagStart = "lag_start"
     public static let role = "role"
+    public static let pace = "pace"
     public static let backendPID = "backend_pid"
     public static let retryMilliseconds = "retry_every_ms"
     public static let queueUsage = "notify_queue_usage"

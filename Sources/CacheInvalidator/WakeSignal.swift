@@ -46,9 +46,20 @@ func waitReadable(_ descriptors: [Int32], wake: WakeSignal, timeoutNanoseconds: 
     while true {
         let now = monotonicNanoseconds()
         let remaining = deadline > now ? deadline - now : 0
-        // Round up so a 0.4 ms timeout does not become a busy 0 ms poll.
-        let milliseconds = Int32(min((remaining + 999_999) / 1_000_000, UInt64(Int32.max)))
-        let result = poll(&fds, nfds_t(fds.count), milliseconds)
+        var result: Int32
+        if remaining > 0 && remaining < 1_000_000 {
+            // The polling pace waits fractions of a millisecond, which poll's millisecond timeout
+            // cannot express (and ppoll is not exported to Swift): look, sleep, look again.
+            result = poll(&fds, nfds_t(fds.count), 0)
+            if result == 0 {
+                var pause = timespec(tv_sec: 0, tv_nsec: Int(remaining))
+                nanosleep(&pause, nil)
+                result = poll(&fds, nfds_t(fds.count), 0)
+            }
+        } else {
+            let milliseconds = Int32(min((remaining + 999_999) / 1_000_000, UInt64(Int32.max)))
+            result = poll(&fds, nfds_t(fds.count), milliseconds)
+        }
         if result < 0 && errno == EINTR { continue }
         var ready: Set<Int32> = []
         if result > 0 {

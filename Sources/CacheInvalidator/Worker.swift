@@ -44,6 +44,22 @@ final class Worker {
     /// that session (and its leader lock) alive until its own keepalives notice.
     private var abandonedBackendPID: Int32?
 
+    /// How the active worker learns of new events (with migration 0003): `notified` waits for
+    /// NOTIFY; `polling` holds the W lock and reads the log in a loop while writers skip their
+    /// NOTIFY (which serializes commits cluster-wide); `settling` has released W and waits until
+    /// no writer that skipped its NOTIFY is still open, then reads the whole pending log once and
+    /// is notified again. See migrations/0003_quiet_notify.up.sql for why nothing slips between.
+    private enum Pace: String { case notified, polling, settling }
+    private var pace = Pace.notified
+    private var quietNotify = false
+    private var pollCursor: Int64 = 0
+    private var pollFoundEvents = false
+    private var highestProcessedID: Int64 = 0
+    private var lastNewEventAt: UInt64 = 0
+    private var nextFullScanAt: UInt64 = 0
+    private var windowStart: UInt64 = 0
+    private var windowEvents = 0
+
     private var postgresPolicy: ReconnectPolicy
     private var redisPolicy: ReconnectPolicy
 
@@ -101,6 +117,7 @@ final class Worker {
             if active && hasWork && postgres != nil && redis != nil && !stopping {
                 processPending()
             }
+            if active && quietNotify && postgres != nil && redis != nil && !stopping { pacing() }
             if monotonicNanoseconds() >= nextSummaryAt { logSummary() }
             if active && monotonicNanoseconds() >= nextMaintenanceAt && !stopping { maintain() }
             if postgres != nil && monotonicNanoseconds() >= heartbeatDueAt && !stopping { heartbeat() }
@@ -167,6 +184,7 @@ final class Worker {
             // LISTEN before draining: an event committed between the two is then either in the
             // drain or announced by a notification, never in neither.
             try eventLog.listen()
+            quietNotify = try eventLog.hasQuietNotify()
         } catch {
             postgresFailed(error)
             return
@@ -214,6 +232,9 @@ final class Worker {
         if let postgres, error.code == .connectionLost { abandonedBackendPID = postgres.backendPID }
         eventLog = nil
         active = false
+        // Session locks (W) went with the session.
+        pace = .notified
+        statistics.update { $0.polling = false }
         needsDrain = true
         statistics.update { $0.postgresErrors += 1; $0.listening = false; $0.postgresUp = false; $0.active = false }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
@@ -296,7 +317,10 @@ final class Worker {
     /// Notifications libpq has already parsed; no socket read.
     private func handleBufferedNotifications() {
         guard let postgres else { return }
-        for notification in postgres.notifications() { handle(notification) }
+        let received = postgres.notifications()
+        guard !received.isEmpty else { return }
+        statistics.update { $0.notificationsReceived += UInt64(received.count) }
+        for notification in received { handle(notification) }
     }
 
     private func handle(_ notification: PGNotification) {
@@ -484,6 +508,8 @@ final class Worker {
         let keysByKind = deleted.keysByKind, outcome = deleted.outcome, confirmedAt = deleted.confirmedAt
         var byKind: [EventKind: UInt64] = [:]
         var slow = 0
+        if let last = fetched.events.last { highestProcessedID = max(highestProcessedID, last.id) }
+        if pace == .notified { windowEvents += fetched.events.count }
         for (index, event) in fetched.events.enumerated() {
             let lag = confirmedAt - event.startMicros * 1000
             interval.record(lagNanoseconds: lag)
@@ -541,6 +567,76 @@ final class Worker {
         } catch {
             postgresFailed(error)
         }
+    }
+
+    // MARK: Pace
+
+    private func pacing() {
+        guard let eventLog else { return }
+        let now = monotonicNanoseconds()
+        do {
+            switch pace {
+            case .notified:
+                if now &- windowStart > config.pollingWindowNanoseconds {
+                    let busy = windowEvents >= config.pollingEntryEvents
+                    windowStart = now
+                    windowEvents = 0
+                    if busy { try startPolling(eventLog, now: now) }
+                } else if windowEvents >= config.pollingEntryEvents {
+                    windowStart = now
+                    windowEvents = 0
+                    try startPolling(eventLog, now: now)
+                }
+            case .polling, .settling:
+                pollFoundEvents = false
+                let fetched = try eventLog.fetchPending(after: pollCursor, limit: config.batchSize)
+                postgresRoundTripSucceeded()
+                if fetched.rowCount > 0 {
+                    guard invalidate(fetched) else { return }
+                    pollCursor = max(pollCursor, fetched.maxID)
+                    lastNewEventAt = now
+                    pollFoundEvents = true
+                }
+                if now >= nextFullScanAt {
+                    needsDrain = true
+                    nextFullScanAt = now &+ config.pollingFullScanNanoseconds
+                }
+                if pace == .polling && now &- lastNewEventAt > config.pollingExitNanoseconds {
+                    try eventLog.stopPolling()
+                    pace = .settling
+                }
+                if pace == .settling {
+                    if pollFoundEvents {
+                        // Busy again before it settled.
+                        if try eventLog.startPolling() { pace = .polling }
+                    } else if try eventLog.noQuietWriterInFlight() {
+                        // Every writer that skipped its NOTIFY has ended: one full read finds
+                        // what they committed, and from now on writers notify.
+                        pace = .notified
+                        needsDrain = true
+                        windowStart = now
+                        windowEvents = 0
+                        statistics.update { $0.polling = false }
+                        if debugEnabled { logger.debug("notified again: writers NOTIFY") }
+                    }
+                }
+            }
+        } catch {
+            postgresFailed(error)
+        }
+    }
+
+    private func startPolling(_ eventLog: EventLog, now: UInt64) throws(PostgresError) {
+        // Fails while a notifying writer still holds W shared: stay notified, try again later.
+        guard try eventLog.startPolling() else { return }
+        pace = .polling
+        // Every event inserted from now on has a higher id than any already processed; those
+        // inserted before W was taken were notified.
+        pollCursor = max(pollCursor, highestProcessedID)
+        lastNewEventAt = now
+        nextFullScanAt = now &+ config.pollingFullScanNanoseconds
+        statistics.update { $0.polling = true; $0.pollingEntries += 1 }
+        if debugEnabled { logger.debug("polling the log: writers skip their NOTIFY") }
     }
 
     // MARK: Maintenance
@@ -605,10 +701,13 @@ final class Worker {
         handleBufferedNotifications()
         // Work still pending (a full batch, or Redis just returned): do not sleep.
         if active && hasWork && postgres != nil && redis != nil { return }
+        // Polling and it just found events: look again at once.
+        if active && pace != .notified && pollFoundEvents && postgres != nil && redis != nil { return }
         let now = monotonicNanoseconds()
         var deadline = nextSummaryAt
         if postgres != nil {
             deadline = min(deadline, heartbeatDueAt, active ? nextMaintenanceAt : nextLeadAttemptAt)
+            if active && pace != .notified { deadline = min(deadline, now &+ config.pollIntervalNanoseconds) }
         } else {
             deadline = min(deadline, postgresPolicy.retryAt)
         }
@@ -663,6 +762,7 @@ final class Worker {
         metadata[LogKey.slowEvents] = "\(slowThisInterval)"
         slowThisInterval = 0
         metadata[LogKey.role] = "\(active ? "active" : (postgres != nil ? "standby" : "none"))"
+        if active && quietNotify { metadata[LogKey.pace] = "\(pace.rawValue)" }
         metadata[LogKey.postgres] = "\(postgres != nil ? "up" : "down")"
         metadata[LogKey.redis] = "\(redis != nil ? "up" : "down")"
         logger.info("lag summary", metadata: metadata)

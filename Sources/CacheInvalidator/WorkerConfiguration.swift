@@ -45,6 +45,17 @@ public struct WorkerConfiguration: Sendable {
     public var heartbeatIdleNanoseconds: UInt64 = 4_000_000_000
     /// …which must answer within this, or the connection is treated as lost (half-open).
     public var heartbeatTimeoutSeconds: Double = 5
+    /// Polling pace (with migration 0003): entered when notifications bring at least this many
+    /// events within `pollingWindowNanoseconds`…
+    public var pollingEntryEvents: Int = 40
+    public var pollingWindowNanoseconds: UInt64 = 100_000_000
+    /// …left after this long without a new event…
+    public var pollingExitNanoseconds: UInt64 = 50_000_000
+    /// …polling this often while the log has nothing new…
+    public var pollIntervalNanoseconds: UInt64 = 200_000
+    /// …and reading the whole pending log this often (events whose transactions committed out
+    /// of id order are behind the polling cursor).
+    public var pollingFullScanNanoseconds: UInt64 = 100_000_000
 
     public init(databaseURL: String, redis: RedisEndpoint) {
         self.databaseURL = databaseURL

@@ -37,6 +37,11 @@ public final class WorkerStatistics: Sendable {
         public var heartbeatFailures: UInt64 = 0
         /// Times this worker became the active one.
         public var takeovers: UInt64 = 0
+        /// Notifications received (with 0003, fewer than events while the worker polls).
+        public var notificationsReceived: UInt64 = 0
+        /// Times the worker switched to polling the log (writers stop notifying meanwhile).
+        public var pollingEntries: UInt64 = 0
+        public var polling = false
         /// The cache's own figures from its last INFO (nil until read, or if INFO is not allowed).
         public var redisInfo: RedisInfo?
     }

@@ -1,0 +1,72 @@
+import CacheInvalidator
+import Foundation
+import Glibc
+import PostgresClient
+import Testing
+
+/// Migration 0003: while the worker polls the log, writers skip their NOTIFY (which serializes
+/// commits cluster-wide); nothing slips between polling and being notified again.
+@Suite("Quiet notify: polling under load")
+struct QuietNotifyTests {
+    @Test func underLoadTheWorkerPollsAndWritersStopNotifying() throws {
+        let harness = try Harness()
+        harness.startWorker { $0.pollingEntryEvents = 5 }
+        try harness.waitFor("connected") { $0.active && $0.redisUp }
+        let bots = (0..<2).map { BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "quiet\($0)_", perSecond: 600) }
+        bots.forEach { $0.start() }
+        bots.forEach { $0.waitForCommits(1200) }
+        bots.forEach { $0.stop() }
+        try harness.waitUntilProcessed()
+        let events = try harness.eventCount
+        try harness.waitFor("back to being notified") { !$0.polling && $0.eventsProcessed == UInt64(events) }
+        let stats = harness.worker!.statistics.snapshot
+        #expect(stats.pollingEntries >= 1)
+        #expect(stats.notificationsReceived < UInt64(events) / 2, "writers kept notifying: \(stats.notificationsReceived) notifications for \(events) events")
+        #expect(bots.allSatisfy { $0.failures == 0 })
+        #expect(try harness.keysNeverDeleted(bots.flatMap(\.writes)) == [])
+        // Notified again: a single write now wakes the worker by itself.
+        let before = harness.worker!.statistics.snapshot.notificationsReceived
+        try harness.seed(["tx:9:0xafter"])
+        try harness.sql(DeliveryTests.settledTrade(9, "0xafter"))
+        try harness.waitUntilProcessed()
+        #expect(try !harness.exists("tx:9:0xafter"))
+        try harness.waitFor("the notification counted") { $0.notificationsReceived > before }
+        harness.stopWorker()
+    }
+
+    /// A writer that skipped its NOTIFY (the worker was polling) and commits late, with an id
+    /// the polling cursor has passed: the worker may not go back to waiting for notifications
+    /// while that writer is open, and finds its event as soon as it commits. The periodic sweeps
+    /// are pushed out of reach, so only the protocol can find it in time.
+    @Test func aLateQuietWriterIsFoundWhenItCommits() throws {
+        let harness = try Harness()
+        harness.startWorker {
+            $0.pollingEntryEvents = 3
+            $0.pollingExitNanoseconds = 300_000_000
+            $0.pollingFullScanNanoseconds = 600_000_000_000
+            $0.summaryIntervalNanoseconds = 600_000_000_000
+        }
+        try harness.waitFor("connected") { $0.active && $0.redisUp }
+        for i in 1...5 { try harness.sql(DeliveryTests.settledTrade(100 + i, "0xwarm\(i)")) }
+        try harness.waitFor("polling") { $0.polling }
+
+        try harness.seed(["tx:1:0xquiet"])
+        let late = try PGConnection(conninfo: harness.databaseURL, applicationName: "test-late-writer")
+        try late.execute("BEGIN")
+        try late.execute(DeliveryTests.settledTrade(1, "0xquiet"))
+        let lateID = try late.execute("SELECT max(id) FROM cache_invalidation.events")[0, 0].flatMap { Int64($0) } ?? 0
+        for i in 1...20 { try harness.sql(DeliveryTests.settledTrade(200 + i, "0xpast\(i)")) }
+        try harness.waitFor("the later events processed") { $0.eventsProcessed >= 25 }
+        #expect(try harness.count("SELECT count(*) FROM cache_invalidation.events WHERE id > $1 AND processed_at IS NOT NULL", [String(lateID)]) >= 20,
+                "the polling cursor passed the late writer's id")
+        // Past the exit delay: released W, but cannot settle while the late writer is open.
+        usleep(1_000_000)
+        #expect(harness.worker!.statistics.snapshot.polling, "went back to waiting for notifications while a quiet writer was open")
+        try late.execute("COMMIT")
+        let deadline = Date().addingTimeInterval(3)
+        while try harness.exists("tx:1:0xquiet") && Date() < deadline { usleep(2_000) }
+        #expect(try !harness.exists("tx:1:0xquiet"), "the late quiet writer's event was not found when it committed")
+        try harness.waitFor("notified again") { !$0.polling }
+        harness.stopWorker()
+    }
+}
