@@ -1,0 +1,895 @@
+"""The benchmark driver, run by scripts/bench (which starts the servers and owns their teardown).
+
+Reads its settings from the environment scripts/bench exports; see `scripts/bench --help`.
+Owns the worker and pgbench processes it starts and stops them on every exit path.
+"""
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import psycopg
+import redis
+
+sys.setswitchinterval(0.0001)  # the probe's listener thread must not wait 5 ms for the GIL
+
+ENV = os.environ
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULTS = ENV["RESULTS"]
+TMP = ENV["BENCH_TMP"]
+WORKER = ENV["WORKER"]
+PG_BIN = ENV["PG_BIN"]
+DB = ENV["DATABASE_URL"]
+BASE_DB = ENV["BASE_DATABASE_URL"]
+REDIS_URL = ENV["REDIS_URL"]
+PREFIX = ENV.get("KEY_PREFIX", "area51:")
+PROBES = int(ENV["PROBES"])
+RATE = int(ENV["RATE"])
+BG_RATE = int(ENV["BACKGROUND_RATE"])
+BG_CLIENTS = int(ENV["BACKGROUND_CLIENTS"])
+CLIENTS = [int(c) for c in ENV["CLIENTS"].split()]
+PGBENCH_SECONDS = int(ENV["PGBENCH_SECONDS"])
+PGBENCH_REPEATS = int(ENV["PGBENCH_REPEATS"])
+DRAIN_SIZES = [int(n) for n in ENV["DRAIN_SIZES"].split()]
+DRAIN_CHUNK = int(ENV["DRAIN_CHUNK"])
+SOAK_SECONDS = int(ENV["SOAK_SECONDS"])
+SOAK_RATE = int(ENV["SOAK_RATE"])
+SOAK_SAMPLE = int(ENV["SOAK_SAMPLE_SECONDS"])
+SKIP = {name: ENV.get("SKIP_" + name) == "1" for name in ("LAG", "BACKGROUND", "WRITE", "DRAIN")}
+MISS_SECONDS = 5.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PERCENTILES = [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999)]
+# The worker's settings that may come from the environment; recorded with the results.
+WORKER_VARS = ["BATCH_SIZE", "DELETE_COMMAND", "SUMMARY_INTERVAL", "SLOW_THRESHOLD", "RETENTION",
+               "REDIS_TIMEOUT", "RECONNECT_MAX", "LOG_LEVEL", "LOG_FORMAT", "RULES"]
+
+# The bot's settled trade: what the probe, the background load, the backlog and pgbench write.
+TRADE_COLUMNS = "telegram_id, wallet_address, token_address, side, source, amount_mon, amount_token, tx_hash, status"
+TOKEN = "0x7b0c0000000000000000000000000000000000a5"
+PGBENCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "settled-trade.sql")
+
+
+def say(message):
+    print(f"bench: {message}", flush=True)
+
+
+class Stop(Exception):
+    """A signal asked us to stop: unwind through every finally, which stops what we started."""
+
+
+_stopping = False
+
+
+def _on_signal(signum, _frame):
+    global _stopping
+    if _stopping:
+        return  # the cleanup is running; a second Ctrl-C must not interrupt it
+    _stopping = True
+    raise Stop(signal.Signals(signum).name)
+
+
+# ================================================================ child processes
+
+CHILDREN = os.path.join(TMP, "children")
+
+
+def spawn(args, name, **kwargs):
+    """Starts a child in its own session (a Ctrl-C reaches only us; we stop it) and records its
+    pid for scripts/bench's backstop cleanup."""
+    proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+    with open(CHILDREN, "a") as f:
+        f.write(f"{proc.pid} {name[:15]}\n")
+    return proc
+
+
+def terminate(proc, seconds=15):
+    if proc is None or proc.poll() is not None:
+        return proc.returncode if proc else None
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def proc_cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def proc_memory_kb(pid):
+    values = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:")):
+                values[line.split(":")[0]] = int(line.split()[1])
+    return values
+
+
+def reset_peak_rss(pid):
+    """Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0+): a peak per phase."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ================================================================ database helpers
+
+def connect(url=DB):
+    return psycopg.connect(url, autocommit=True)
+
+
+def scalar(conn, sql, params=None):
+    row = conn.execute(sql, params).fetchone()
+    return row[0] if row else None
+
+
+def pending(conn):
+    return scalar(conn, "SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NULL")
+
+
+def settle(conn, label):
+    """Same starting state for each phase: the event log vacuumed, a fresh checkpoint."""
+    conn.execute("VACUUM (ANALYZE) cache_invalidation.events")
+    conn.execute("VACUUM (ANALYZE) public.trades")
+    conn.execute("CHECKPOINT")
+
+
+# ================================================================ the worker
+
+class Worker:
+    """The release-built worker on the bench database, its log in the results directory."""
+
+    def __init__(self):
+        self.proc = None
+        self.log_path = None
+        self.runs = []
+
+    def start(self, phase):
+        assert self.proc is None
+        self.log_path = os.path.join(RESULTS, f"worker-{phase}.log")
+        env = dict(os.environ, DATABASE_URL=DB, REDIS_URL=REDIS_URL, KEY_PREFIX=PREFIX)
+        self.log = open(self.log_path, "w")
+        self.started_at = time.perf_counter()
+        self.proc = spawn([WORKER, "run"], "cache-invalidat", env=env, stdin=subprocess.DEVNULL,
+                          stdout=self.log, stderr=subprocess.STDOUT)
+        return self.proc
+
+    def wait_ready(self, timeout=20):
+        """Both servers answered (the worker logs each once its first round trip worked)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the worker exited with code {self.proc.returncode} at start; see {self.log_path}")
+            with open(self.log_path) as f:
+                text = f.read()
+            if 'msg="postgres connected, listening"' in text and 'msg="redis connected"' in text:
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"the worker did not connect within {timeout} s; see {self.log_path}")
+
+    def stop(self):
+        if self.proc is None:
+            return None
+        rc = terminate(self.proc)
+        self.log.close()
+        self.runs.append({"log": os.path.basename(self.log_path), "exit_code": rc})
+        self.proc = None
+        if rc != 0:
+            raise RuntimeError(f"the worker exited with code {rc}; see {self.log_path}")
+        return rc
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+
+class Meter:
+    """The worker's CPU and peak RSS over one phase, and the events it acknowledged in it."""
+
+    def __init__(self, worker, conn, fresh=False):
+        self.pid = worker.pid
+        self.conn = conn
+        self.reset_ok = True if fresh else reset_peak_rss(self.pid)
+        self.cpu0 = 0.0 if fresh else proc_cpu_seconds(self.pid)
+        self.t0 = scalar(conn, "SELECT clock_timestamp()")
+
+    def finish(self, events=None):
+        cpu = proc_cpu_seconds(self.pid) - self.cpu0
+        mem = proc_memory_kb(self.pid)
+        if events is None:
+            events = scalar(self.conn, "SELECT count(*) FROM cache_invalidation.events WHERE processed_at >= %s", (self.t0,))
+        return {
+            "cpu_seconds": round(cpu, 3),
+            "events": events,
+            "cpu_seconds_per_1000_events": round(cpu / events * 1000, 4) if events else None,
+            "peak_rss_kb": mem.get("VmHWM"),
+            "rss_kb_at_end": mem.get("VmRSS"),
+            # What the RSS is made of: heap and stacks vs mapped files (the binary, Swift runtime,
+            # Foundation and ICU data, libpq, hiredis), which no code change in the worker shrinks.
+            "rss_anon_kb_at_end": mem.get("RssAnon"),
+            "rss_file_kb_at_end": mem.get("RssFile"),
+            "peak_is_per_phase": self.reset_ok,
+        }
+
+
+def wait_drained(conn, timeout=300):
+    deadline = time.monotonic() + timeout
+    while True:
+        left = pending(conn)
+        if left == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{left} events still pending after {timeout} s")
+        time.sleep(0.2)
+
+
+# ================================================================ pgbench
+
+def pgbench(url, clients, seconds, rate=None, label="pgbench"):
+    """Starts pgbench with the settled-trade script; returns (process, log path)."""
+    args = [os.path.join(PG_BIN, "pgbench"), "-n", "-M", "prepared", "-f", PGBENCH_SCRIPT,
+            "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds)]
+    if rate:
+        args += ["--rate", str(rate)]
+    args.append(url)
+    log_path = os.path.join(RESULTS, f"{label}.log")
+    log = open(log_path, "w")
+    log.write("$ " + " ".join(args) + "\n")
+    log.flush()
+    proc = spawn(args, "pgbench", stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    proc._bench_log = log
+    return proc, log_path
+
+
+def pgbench_result(proc, log_path, timeout):
+    try:
+        rc = proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            terminate(proc)
+        proc._bench_log.close()
+    with open(log_path) as f:
+        text = f.read()
+    if rc != 0:
+        raise RuntimeError(f"pgbench exited with code {rc}; see {log_path}")
+    tps = re.search(r"^tps = ([0-9.]+)", text, re.M)
+    done = re.search(r"number of transactions actually processed: (\d+)", text)
+    failed = re.search(r"number of failed transactions: (\d+)", text)
+    latency = re.search(r"latency average = ([0-9.]+) ms", text)
+    if not tps:
+        raise RuntimeError(f"no tps line in pgbench's output; see {log_path}")
+    return {
+        "tps": float(tps.group(1)),
+        "transactions": int(done.group(1)) if done else None,
+        "failed": int(failed.group(1)) if failed else 0,
+        "latency_avg_ms": float(latency.group(1)) if latency else None,
+        "log": os.path.basename(log_path),
+    }
+
+
+# ================================================================ the lag probe
+
+def percentiles(values):
+    """Nearest-rank percentiles of a list of seconds, in ms."""
+    if not values:
+        return {name: None for name, _ in PERCENTILES} | {"max": None}
+    s = sorted(values)
+    out = {name: round(s[max(0, math.ceil(p * len(s)) - 1)] * 1000, 4) for name, p in PERCENTILES}
+    out["max"] = round(s[-1] * 1000, 4)
+    return out
+
+
+class Probe:
+    """Open loop at RATE/s: SET the five keys of a settled trade (one MSET), INSERT the trade in
+    autocommit, t0 = perf_counter() when the COMMIT returned; a listener thread on its own
+    connection notes when Redis announced the deletion of the probe's tx key (keyspace
+    notification). For the floor, the probe UNLINKs the five keys itself, pipelined, right after
+    t0 (and the worker is stopped)."""
+
+    TID = 777
+    WALLET = "0xprobe"
+
+    def __init__(self):
+        self.r = redis.Redis.from_url(REDIS_URL)
+        self.r.config_set("notify-keyspace-events", "Kg")
+        self.db = connect()
+        self.sql = (f"INSERT INTO public.trades ({TRADE_COLUMNS}) "
+                    f"VALUES ({self.TID}, '{self.WALLET}', '{TOKEN}', 'buy', 'manual', 1.5, 4200, %s, 'confirmed')")
+        self.run_number = 0
+
+    def keys(self, tx_hash):
+        p = PREFIX
+        return [f"{p}wallet_balance:{self.WALLET}", f"{p}portfolio:{self.TID}", f"{p}main_menu:{self.TID}",
+                f"{p}user_state:{self.TID}", f"{p}tx:{self.TID}:{tx_hash}"]
+
+    def run(self, count, rate, floor, delete_command="unlink"):
+        self.run_number += 1
+        tag = f"0xp{os.getpid()}r{self.run_number}n"
+        escaped = re.sub(r"([\\*?\[\]])", r"\\\1", f"{PREFIX}tx:{self.TID}:{tag}")
+        channel_prefix = f"__keyspace@0__:{PREFIX}tx:{self.TID}:"
+        seen = {}
+        ready = threading.Event()
+        done = threading.Event()
+        listener_error = []
+
+        def listen():
+            try:
+                r = redis.Redis.from_url(REDIS_URL)
+                ps = r.pubsub(ignore_subscribe_messages=True)
+                ps.psubscribe(f"__keyspace@0__:{escaped}*")
+                while ps.get_message(timeout=0.05) is not None:
+                    pass
+                ready.set()
+                while not done.is_set():
+                    m = ps.get_message(timeout=0.05)
+                    if m is None:
+                        continue
+                    t = time.perf_counter()
+                    if m["type"] == "pmessage" and m["data"] in (b"del", b"unlink"):
+                        key = m["channel"].decode()[len(channel_prefix):]
+                        seen.setdefault(key, t)
+                ps.close()
+            except Exception as e:  # reported by the main thread
+                listener_error.append(e)
+                ready.set()
+
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+        ready.wait(10)
+        if listener_error:
+            raise listener_error[0]
+        committed = {}
+        interval = 1.0 / rate
+        pipe = self.r.pipeline(transaction=False)
+        delete = delete_command.upper()
+        late = 0
+        start = time.perf_counter()
+        try:
+            for i in range(count):
+                slot = start + i * interval
+                now = time.perf_counter()
+                if slot > now:
+                    time.sleep(slot - now)
+                elif now - slot > interval:
+                    late += 1
+                tx_hash = f"{tag}{i}"
+                keys = self.keys(tx_hash)
+                self.r.mset({k: "cached" for k in keys})
+                self.db.execute(self.sql, (tx_hash,), prepare=True)
+                t0 = time.perf_counter()
+                committed[tx_hash] = t0
+                if floor:
+                    pipe.execute_command(delete, *keys)
+                    pipe.execute()
+            elapsed = time.perf_counter() - start
+            # Every probe gets MISS_SECONDS from its commit to be seen.
+            deadline = time.perf_counter() + MISS_SECONDS
+            while len(seen) < count and time.perf_counter() < deadline:
+                time.sleep(0.01)
+        finally:
+            done.set()
+            thread.join(2)
+        lags, missed, negative = [], 0, 0
+        for tx_hash, t0 in committed.items():
+            t = seen.get(tx_hash)
+            if t is None or t - t0 > MISS_SECONDS:
+                missed += 1
+                continue
+            if t < t0:
+                negative += 1  # deleted before the client saw its COMMIT return
+            lags.append(max(0.0, t - t0))
+        return {
+            "probes": count,
+            "seen": len(lags),
+            "missed": missed,
+            "deleted_before_commit_returned": negative,
+            "rate_target": rate,
+            "rate_achieved": round(count / elapsed, 1),
+            # Probes sent more than one interval behind their schedule (a slow INSERT before them).
+            "late_slots": late,
+            "lag_ms": percentiles(lags),
+        }, lags
+
+
+# ================================================================ phases
+
+class Bench:
+    def __init__(self):
+        self.conn = connect()
+        self.worker = Worker()
+        self.results = {"meta": self.meta(), "lag": {}, "write_path": {}, "drain": {}, "soak": None}
+        self.samples = {}
+
+    def meta(self):
+        conn = connect()
+        settings = {}
+        for name in ("server_version", "fsync", "synchronous_commit", "wal_sync_method", "full_page_writes",
+                     "shared_buffers", "max_wal_size", "checkpoint_timeout", "track_commit_timestamp", "max_connections"):
+            settings[name] = scalar(conn, "SELECT current_setting(%s)", (name,))
+        conn.close()
+        r = redis.Redis.from_url(REDIS_URL)
+
+        def run(args):
+            try:
+                return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=30).stdout.strip()
+            except Exception:
+                return None
+
+        return {
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": run(["git", "rev-parse", "HEAD"]),
+            "git_dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"])),
+            "host": {"cpus": os.cpu_count(), "kernel": os.uname().release, "machine": os.uname().machine,
+                     "loadavg_at_start": os.getloadavg()},
+            "postgres": settings,
+            "redis_version": r.info("server")["redis_version"],
+            "worker_binary": WORKER,
+            "worker_binary_sha256": run(["sha256sum", WORKER]).split()[0] if run(["sha256sum", WORKER]) else None,
+            "worker_built_by_bench": "WORKER_BIN" not in ENV,
+            "worker_env": {k: ENV[k] for k in WORKER_VARS if k in ENV},
+            "key_prefix": PREFIX,
+            "knobs": {"PROBES": PROBES, "RATE": RATE, "BACKGROUND_RATE": BG_RATE, "BACKGROUND_CLIENTS": BG_CLIENTS,
+                      "CLIENTS": CLIENTS, "PGBENCH_SECONDS": PGBENCH_SECONDS, "PGBENCH_REPEATS": PGBENCH_REPEATS,
+                      "DRAIN_SIZES": DRAIN_SIZES, "DRAIN_CHUNK": DRAIN_CHUNK, "SOAK_SECONDS": SOAK_SECONDS,
+                      "SOAK_RATE": SOAK_RATE, "SKIP": [k for k, v in SKIP.items() if v]},
+        }
+
+    def ensure_worker(self, phase):
+        if self.worker.proc is None:
+            self.worker.start(phase)
+            self.worker.wait_ready()
+        wait_drained(self.conn)
+
+    def stop_worker(self):
+        self.worker.stop()
+
+    # ------------------------------------------------------------ lag
+    def lag(self):
+        probe = Probe()
+        loads = [("idle", 0)] + ([] if SKIP["BACKGROUND"] or BG_RATE == 0 else [("background", BG_RATE)])
+        for load, bg in loads:
+            for mode in ("floor", "worker"):
+                name = f"{mode}_{load}"
+                if mode == "floor":
+                    self.stop_worker()
+                    if pending(self.conn):
+                        # Events still pending (a floor phase leaves its own): the worker drains them, then stops.
+                        self.ensure_worker(f"lag-{name}-predrain")
+                        self.stop_worker()
+                else:
+                    self.ensure_worker(f"lag-{name}")
+                settle(self.conn, name)
+                say(f"lag: {name}: {PROBES} probes at {RATE}/s" + (f", {bg} settled trades/s in the background" if bg else "")
+                    + (" (worker stopped, the probe deletes its own keys)" if mode == "floor" else ""))
+                meter = Meter(self.worker, self.conn) if mode == "worker" else None
+                bg_proc = None
+                if bg:
+                    seconds = math.ceil(PROBES / RATE) + 4
+                    bg_proc, bg_log = pgbench(DB, BG_CLIENTS, seconds, rate=bg, label=f"pgbench-background-{name}")
+                    time.sleep(2)
+                try:
+                    result, lags = probe.run(PROBES, RATE, floor=(mode == "floor"),
+                                             delete_command=ENV.get("DELETE_COMMAND", "unlink"))
+                finally:
+                    if bg_proc is not None and bg_proc.poll() is None and _stopping:
+                        terminate(bg_proc)
+                if bg_proc is not None:
+                    b = pgbench_result(bg_proc, bg_log, seconds + 30)
+                    result["background"] = {"target_per_s": bg, "achieved_per_s": round(b["tps"], 1),
+                                            "clients": BG_CLIENTS, "pgbench": b}
+                else:
+                    result["background"] = None
+                if meter:
+                    wait_drained(self.conn)
+                    result["worker"] = meter.finish()
+                result["mode"], result["load"] = mode, load
+                # The machine may be shared: how busy it was is part of reading the figures.
+                result["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+                self.samples[name] = lags
+                self.results["lag"][name] = result
+                p = result["lag_ms"]
+                say(f"lag: {name}: p50 {p['p50']} ms, p99 {p['p99']} ms, max {p['max']} ms, missed {result['missed']}"
+                    + (f", background achieved {result['background']['achieved_per_s']}/s" if bg else ""))
+        for load, _ in loads:
+            floor = self.results["lag"].get(f"floor_{load}")
+            worker = self.results["lag"].get(f"worker_{load}")
+            if floor and worker:
+                worker["ratio_to_floor"] = {
+                    k: (round(worker["lag_ms"][k] / floor["lag_ms"][k], 2) if floor["lag_ms"][k] else None)
+                    for k in worker["lag_ms"]}
+
+    # ------------------------------------------------------------ write path
+    def write_path(self):
+        self.ensure_worker("write-path")
+        base_conn = connect(BASE_DB)
+        meter = Meter(self.worker, self.conn)
+        try:
+            for clients in CLIENTS:
+                runs = {"without_invalidation": [], "with_invalidation": []}
+                order = []
+                for r in range(PGBENCH_REPEATS):
+                    pair = [("without_invalidation", BASE_DB, base_conn), ("with_invalidation", DB, self.conn)]
+                    order += pair if r % 2 == 0 else pair[::-1]  # ABBA: drift cancels out
+                for i, (variant, url, conn) in enumerate(order):
+                    conn.execute("CHECKPOINT")
+                    say(f"write path: {clients} clients, {variant.replace('_', ' ')}, {PGBENCH_SECONDS} s")
+                    proc, log = pgbench(url, clients, PGBENCH_SECONDS, label=f"pgbench-write-{clients}c-{i + 1}-{variant}")
+                    runs[variant].append(pgbench_result(proc, log, PGBENCH_SECONDS + 60))
+                    runs[variant][-1]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+                    say(f"write path: {clients} clients, {variant.replace('_', ' ')}: {runs[variant][-1]['tps']:.0f} tps")
+                    if variant == "with_invalidation":
+                        wait_drained(self.conn)
+                base = sum(r["tps"] for r in runs["without_invalidation"]) / len(runs["without_invalidation"])
+                inv = sum(r["tps"] for r in runs["with_invalidation"]) / len(runs["with_invalidation"])
+                self.results["write_path"][str(clients)] = {
+                    "clients": clients,
+                    "tps_without_invalidation": round(base, 1),
+                    "tps_with_invalidation": round(inv, 1),
+                    "ratio": round(inv / base, 3),
+                    "runs": runs,
+                }
+                say(f"write path: {clients} clients: ratio {inv / base:.3f} ({inv:.0f} / {base:.0f} tps)")
+        finally:
+            base_conn.close()
+        wait_drained(self.conn)
+        self.results["write_path"]["worker"] = meter.finish()
+
+    # ------------------------------------------------------------ drain
+    def drain(self, size):
+        self.stop_worker()
+        wait_drained_by_sql = pending(self.conn)
+        if wait_drained_by_sql:
+            self.ensure_worker(f"drain-{size}-predrain")
+            self.stop_worker()
+        settle(self.conn, f"drain-{size}")
+        first = scalar(self.conn, "SELECT COALESCE(max(id), 0) FROM cache_invalidation.events") + 1
+        say(f"drain: writing a backlog of {size} settled trades (worker stopped, {DRAIN_CHUNK} per transaction)")
+        t = time.perf_counter()
+        written = 0
+        while written < size:
+            n = min(DRAIN_CHUNK, size - written)
+            self.conn.execute(
+                f"INSERT INTO public.trades ({TRADE_COLUMNS}) "
+                f"SELECT 200000 + g %% 50000, '0xdrain' || (g %% 50000), '{TOKEN}', "
+                f"CASE WHEN g %% 4 = 0 THEN 'sell' ELSE 'buy' END, 'auto', 1.5, 4200, "
+                f"'0xd{size}_' || g, CASE WHEN g %% 10 = 0 THEN 'failed' ELSE 'confirmed' END "
+                f"FROM generate_series(%s::int8, %s::int8) AS g", (written + 1, written + n))
+            written += n
+        write_seconds = time.perf_counter() - t
+        last = scalar(self.conn, "SELECT max(id) FROM cache_invalidation.events")
+        backlog = pending(self.conn)
+        if last - first + 1 != size or backlog != size:
+            raise RuntimeError(f"expected a backlog of {size} events (ids {first}..{last}), found {backlog} pending")
+        settle(self.conn, f"drain-{size}-written")
+        say(f"drain: {size} events written in {write_seconds:.1f} s; starting the worker")
+        poll = self.conn.cursor()
+        t0 = time.perf_counter()
+        self.worker.start(f"drain-{size}")
+        meter = Meter(self.worker, self.conn, fresh=True)
+        self.worker.wait_ready(60)
+        # The drain pass goes in id order, so the newest event acknowledged means the pass is
+        # through; a primary-key lookup is cheap enough to poll every 20 ms (count(*) is not).
+        last_polls = 0
+        while True:
+            last_polls += 1
+            if scalar(poll, "SELECT processed_at IS NOT NULL FROM cache_invalidation.events WHERE id = %s", (last,)):
+                t1 = time.perf_counter()
+                if pending(self.conn) == 0:
+                    break
+            if self.worker.proc.poll() is not None:
+                raise RuntimeError(f"the worker exited during the drain; see {self.worker.log_path}")
+            if time.perf_counter() - t0 > 1800:
+                raise RuntimeError("the drain took more than 30 minutes")
+            time.sleep(0.02)
+        external = t1 - t0
+        own = scalar(self.conn, "SELECT extract(epoch FROM max(processed_at) - min(processed_at))::float8 "
+                                "FROM cache_invalidation.events WHERE id BETWEEN %s AND %s", (first, last))
+        w = meter.finish(events=size)
+        result = {
+            "events": size,
+            "write_seconds": round(write_seconds, 2),
+            "write_events_per_s": round(size / write_seconds),
+            "external_seconds": round(external, 3),
+            "external_events_per_s": round(size / external),
+            "worker_seconds": round(own, 3),
+            "worker_events_per_s": round(size / own) if own else None,
+            "polls": last_polls,
+            "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+            "worker": w,
+            "log": os.path.basename(self.worker.log_path),
+        }
+        self.results["drain"][str(size)] = result
+        say(f"drain: {size} events: {result['external_events_per_s']}/s from start (worker's own: "
+            f"{result['worker_events_per_s']}/s), peak RSS {w['peak_rss_kb'] / 1024:.1f} MB, "
+            f"CPU {w['cpu_seconds_per_1000_events']} s per 1000 events")
+
+    # ------------------------------------------------------------ soak
+    def soak(self):
+        self.stop_worker()
+        self.ensure_worker("soak")
+        settle(self.conn, "soak")
+        say(f"soak: {SOAK_SECONDS} s at {SOAK_RATE} settled trades/s, RSS sampled every {SOAK_SAMPLE} s")
+        meter = Meter(self.worker, self.conn)
+        proc, log = pgbench(DB, BG_CLIENTS, SOAK_SECONDS, rate=SOAK_RATE, label="pgbench-soak")
+        samples = []
+        t0 = time.perf_counter()
+        try:
+            while proc.poll() is None:
+                m = proc_memory_kb(self.worker.pid)
+                samples.append({"t": round(time.perf_counter() - t0, 1), "rss_kb": m["VmRSS"],
+                                "cpu_s": round(proc_cpu_seconds(self.worker.pid) - meter.cpu0, 2)})
+                time.sleep(SOAK_SAMPLE)
+        finally:
+            if proc.poll() is None and _stopping:
+                terminate(proc)
+        b = pgbench_result(proc, log, 60)
+        wait_drained(self.conn)
+        rss = [s["rss_kb"] for s in samples]
+        tenth = max(1, len(rss) // 10)
+        early, late = sorted(rss[:tenth])[tenth // 2], sorted(rss[-tenth:])[tenth // 2]
+        growth = late - early
+        self.results["soak"] = {
+            "seconds": SOAK_SECONDS, "rate_target": SOAK_RATE, "rate_achieved": round(b["tps"], 1),
+            "rss_kb_first_tenth_median": early, "rss_kb_last_tenth_median": late, "rss_kb_max": max(rss),
+            "rss_growth_kb": growth,
+            # Flat: the last tenth within 1 MB or 5 % of the first tenth.
+            "flat": growth <= max(1024, early * 0.05),
+            "samples": samples, "worker": meter.finish(), "pgbench": b,
+        }
+        say(f"soak: RSS {early / 1024:.1f} MB -> {late / 1024:.1f} MB (max {max(rss) / 1024:.1f} MB), "
+            f"{b['tps']:.0f} trades/s")
+
+    # ------------------------------------------------------------ all
+    def run(self):
+        try:
+            if not SKIP["LAG"]:
+                self.lag()
+            if not SKIP["WRITE"]:
+                self.write_path()
+            if not SKIP["DRAIN"]:
+                for size in DRAIN_SIZES:
+                    self.drain(size)
+            if SOAK_SECONDS > 0:
+                self.soak()
+        finally:
+            try:
+                self.stop_worker()
+            finally:
+                self.results["meta"]["worker_runs"] = self.worker.runs
+                self.results["meta"]["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ================================================================ report
+
+TARGETS = []
+
+
+def targets(res):
+    out = []
+
+    def add(name, target, value, ok, unit=""):
+        out.append({"target": name, "limit": target, "value": value, "unit": unit,
+                    "met": None if value is None else bool(ok)})
+
+    lag = res["lag"]
+    w = lag.get("worker_idle")
+    add(f"lag p50 at {RATE}/s", "<= 0.30 ms", w and w["lag_ms"]["p50"], w and w["lag_ms"]["p50"] <= 0.30, "ms")
+    add(f"lag p99 at {RATE}/s", "<= 1.0 ms", w and w["lag_ms"]["p99"], w and w["lag_ms"]["p99"] <= 1.0, "ms")
+    wb = lag.get("worker_background")
+    add(f"lag p99 at {RATE}/s + {BG_RATE}/s background", "<= 2.0 ms", wb and wb["lag_ms"]["p99"], wb and wb["lag_ms"]["p99"] <= 2.0, "ms")
+    for size, d in res["drain"].items():
+        add(f"drain rate, {int(size):,} backlog (external)", ">= 100,000 events/s", d["external_events_per_s"],
+            d["external_events_per_s"] >= 100_000, "events/s")
+    for clients, wp in res["write_path"].items():
+        if clients == "worker":
+            continue
+        add(f"write-path ratio, {clients} clients", ">= 0.80", wp["ratio"], wp["ratio"] >= 0.80)
+    big = res["drain"].get("1000000")
+    rss = big and round(big["worker"]["peak_rss_kb"] / 1024, 1)
+    add("worker peak RSS, 1,000,000 backlog", "<= 32 MB", rss, big and rss <= 32, "MB")
+    if res.get("soak"):
+        s = res["soak"]
+        add(f"RSS flat over {s['seconds']} s under load", "growth <= max(1 MB, 5 %)", round(s["rss_growth_kb"] / 1024, 2),
+            s["flat"], "MB")
+    missed = sum(v["missed"] for v in lag.values())
+    if lag:
+        add("missed probes (key not deleted within 5 s)", "= 0", missed, missed == 0)
+    return out
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def table(res):
+    lines = []
+    lag = res["lag"]
+    if lag:
+        lines.append(f"Commit-to-deletion lag (ms; probe: {PROBES} settled trades at {RATE}/s; ratio = worker / floor)")
+        lines.append(f"{'phase':<22} {'p50':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} {'max':>8} {'missed':>6}  {'bg/s':>7}  {'CPU s/1k':>8} {'RSS MB':>7}")
+        for name in ("floor_idle", "worker_idle", "floor_background", "worker_background"):
+            r = lag.get(name)
+            if not r:
+                continue
+            p = r["lag_ms"]
+            bg = r["background"]["achieved_per_s"] if r["background"] else 0
+            w = r.get("worker") or {}
+            lines.append(f"{name:<22} {fmt(p['p50']):>8} {fmt(p['p90']):>8} {fmt(p['p99']):>8} {fmt(p['p99.9']):>8} "
+                         f"{fmt(p['max']):>8} {r['missed']:>6}  {bg:>7.0f}  {fmt(w.get('cpu_seconds_per_1000_events'), 3):>8} "
+                         f"{fmt(w['peak_rss_kb'] / 1024 if w else None, 1):>7}")
+            if "ratio_to_floor" in r:
+                q = r["ratio_to_floor"]
+                lines.append(f"{'  x floor':<22} {fmt(q['p50'], 2):>8} {fmt(q['p90'], 2):>8} {fmt(q['p99'], 2):>8} "
+                             f"{fmt(q['p99.9'], 2):>8} {fmt(q['max'], 2):>8}")
+        lines.append("")
+    wp = res["write_path"]
+    if wp:
+        lines.append(f"Bot write throughput (pgbench, 1 settled-trade INSERT per transaction, {PGBENCH_SECONDS} s x {PGBENCH_REPEATS} runs, worker running)")
+        lines.append(f"{'clients':>7} {'0001 only':>10} {'all migrations':>15} {'ratio':>7}")
+        for clients, r in wp.items():
+            if clients == "worker":
+                continue
+            lines.append(f"{clients:>7} {r['tps_without_invalidation']:>10.0f} {r['tps_with_invalidation']:>15.0f} {r['ratio']:>7.3f}")
+        w = wp.get("worker")
+        if w:
+            lines.append(f"worker over the phase: {w['events']} events, CPU {fmt(w['cpu_seconds_per_1000_events'])} s per 1000 events, "
+                         f"peak RSS {w['peak_rss_kb'] / 1024:.1f} MB")
+        lines.append("")
+    if res["drain"]:
+        lines.append("Backlog drain (written with the worker stopped, then the worker started)")
+        lines.append(f"{'events':>9} {'external/s':>11} {'worker own/s':>13} {'seconds':>8} {'CPU s/1k':>9} {'peak RSS MB':>12} {'written/s':>10}")
+        for size, d in res["drain"].items():
+            lines.append(f"{int(size):>9} {d['external_events_per_s']:>11} {fmt(d['worker_events_per_s']):>13} "
+                         f"{d['external_seconds']:>8.2f} {fmt(d['worker']['cpu_seconds_per_1000_events']):>9} "
+                         f"{d['worker']['peak_rss_kb'] / 1024:>12.1f} {d['write_events_per_s']:>10}")
+        lines.append("")
+    s = res.get("soak")
+    if s:
+        lines.append(f"Soak: {s['seconds']} s at {s['rate_achieved']:.0f} trades/s: RSS {s['rss_kb_first_tenth_median'] / 1024:.1f} MB -> "
+                     f"{s['rss_kb_last_tenth_median'] / 1024:.1f} MB, max {s['rss_kb_max'] / 1024:.1f} MB "
+                     f"({'flat' if s['flat'] else 'GROWING'}), CPU {fmt(s['worker']['cpu_seconds_per_1000_events'])} s per 1000 events")
+        lines.append("")
+    lines.append("Targets (from the benchmark issue; reported, never enforced)")
+    for t in res["targets"]:
+        verdict = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT MET")
+        lines.append(f"  {t['target']:<46} {t['limit']:<26} {fmt(t['value']):>10} {t['unit']:<9} {verdict}")
+    return "\n".join(lines)
+
+
+# ================================================================ the plot
+
+def svg(samples, path):
+    """Percentile curves (HdrHistogram style): x = percentile on a 1/(1-p) log scale, y = lag in
+    ms on a log scale; worker solid, floor dashed; blue without, red with background load."""
+    W, H, L, R, T, B = 860, 500, 70, 230, 40, 60
+    pw, ph = W - L - R, H - T - B
+    series = [(k, v) for k, v in samples.items() if v]
+    if not series:
+        return False
+    xmax = 4.0  # up to 99.99 %
+    # The axis starts below every series' 5th percentile: lags of 0 (the worker deleted the key
+    # before the probe saw its COMMIT return) would otherwise stretch a log axis without end;
+    # they are drawn on the axis.
+    p5 = min(sorted(v)[len(v) // 20] for _, v in series) * 1000
+    ymin = 10 ** math.floor(math.log10(p5)) if p5 > 0 else 0.1
+    ymax = 10 ** math.ceil(math.log10(max(max(v) for _, v in series) * 1000))
+
+    def X(p):
+        return L + min(xmax, -math.log10(max(1e-12, 1 - p))) / xmax * pw
+
+    def Y(ms):
+        ms = min(max(ms, ymin), ymax)
+        return T + ph - (math.log10(ms) - math.log10(ymin)) / (math.log10(ymax) - math.log10(ymin)) * ph
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{L}" y="22" font-size="15">Commit-to-deletion lag by percentile ({PROBES} probes at {RATE}/s per curve)</text>']
+    for i, label in enumerate(["0 %", "90 %", "99 %", "99.9 %", "99.99 %"]):
+        x = L + i / xmax * pw
+        out.append(f'<line x1="{x:.1f}" y1="{T}" x2="{x:.1f}" y2="{T + ph}" stroke="#ddd"/>')
+        out.append(f'<text x="{x:.1f}" y="{T + ph + 18}" text-anchor="middle">{label}</text>')
+    out.append(f'<text x="{L + pw / 2}" y="{H - 15}" text-anchor="middle">percentile</text>')
+    d = int(math.log10(ymin))
+    while 10 ** d <= ymax * 1.0001:
+        for m in (1, 2, 5):
+            v = m * 10 ** d
+            if ymin <= v <= ymax:
+                y = Y(v)
+                out.append(f'<line x1="{L}" y1="{y:.1f}" x2="{L + pw}" y2="{y:.1f}" stroke="{"#ccc" if m == 1 else "#eee"}"/>')
+                out.append(f'<text x="{L - 6}" y="{y + 4:.1f}" text-anchor="end">{v:g}</text>')
+        d += 1
+    out.append(f'<text transform="translate(18,{T + ph / 2}) rotate(-90)" text-anchor="middle">lag (ms, log scale)</text>')
+    out.append(f'<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>')
+    styles = {"floor_idle": ("#1f77b4", "6,4"), "worker_idle": ("#1f77b4", ""),
+              "floor_background": ("#d62728", "6,4"), "worker_background": ("#d62728", "")}
+    for k, (name, values) in enumerate(series):
+        s = sorted(values)
+        n = len(s)
+        pts = []
+        for i, v in enumerate(s):
+            p = i / n
+            if -math.log10(max(1e-12, 1 - p)) > xmax:
+                break
+            pts.append(f"{X(p):.1f},{Y(max(v * 1000, ymin)):.1f}")
+        pts.append(f"{X(1 - 1 / n):.1f},{Y(s[-1] * 1000):.1f}")
+        color, dash = styles.get(name, ("#555", ""))
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6"{dash_attr} points="{" ".join(pts)}"/>')
+        ly = T + 20 + k * 36
+        out.append(f'<line x1="{L + pw + 12}" y1="{ly}" x2="{L + pw + 42}" y2="{ly}" stroke="{color}" stroke-width="2"{dash_attr}/>')
+        pc = percentiles(values)
+        out.append(f'<text x="{L + pw + 48}" y="{ly + 4}">{name.replace("_", ", ")}</text>')
+        out.append(f'<text x="{L + pw + 48}" y="{ly + 17}" font-size="10" fill="#555">p50 {pc["p50"]:.2f}, p99 {pc["p99"]:.2f} ms</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return True
+
+
+# ================================================================ main
+
+def main():
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    bench = None
+    ok = False
+    stopped_by = None
+    try:
+        bench = Bench()
+        bench.run()
+        ok = True
+    except Stop as e:
+        stopped_by = str(e)
+        say(f"stopped by {e}")
+    except Exception as e:
+        say(f"error: {type(e).__name__}: {e}")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The shell's convention for a death by signal, so scripts/bench exits 130 on Ctrl-C.
+    failed = {"SIGINT": 130, "SIGTERM": 143}.get(stopped_by, 1)
+    if bench is None:
+        return failed
+    res = bench.results
+    res["complete"] = ok
+    res["targets"] = targets(res)
+    with open(os.path.join(RESULTS, "results.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    if bench.samples:
+        with open(os.path.join(RESULTS, "lag-samples.csv"), "w") as f:
+            f.write("phase,lag_ms\n")
+            for name, values in bench.samples.items():
+                f.writelines(f"{name},{v * 1000:.4f}\n" for v in values)
+        svg(bench.samples, os.path.join(RESULTS, "lag.svg"))
+    print()
+    print(table(res))
+    print()
+    say(f"results: {os.path.join(RESULTS, 'results.json')}")
+    if bench.samples:
+        say(f"plot:    {os.path.join(RESULTS, 'lag.svg')}")
+    say(f"logs:    {RESULTS}/worker-*.log, pgbench-*.log, postgres.log")
+    missed = sum(v["missed"] for v in res["lag"].values())
+    if missed and ok:
+        say(f"error: {missed} probes missed (key not deleted within {MISS_SECONDS:.0f} s)")
+        return 1
+    return 0 if ok else failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
