@@ -9,8 +9,9 @@ BEGIN;
 --
 -- Two advisory locks make that safe (key values in README, "Write path"):
 --   W, "worker polling": the active worker holds it exclusively (session
---     level) while it polls. A writer that can take it shared is not seen by
---     a polling worker, so it NOTIFYs; one that cannot skips the NOTIFY.
+--     level) while it polls. A writer that can take it shared (and lets go
+--     at once) finds the worker waiting, so it NOTIFYs; one that cannot skips
+--     the NOTIFY.
 --   G, "writer in flight": every writer holds it shared until its transaction
 --     ends. Before the worker stops polling and goes back to waiting for
 --     notifications, it releases W, then waits until it can take G
@@ -38,9 +39,14 @@ BEGIN
     -- G, shared, until this transaction ends (re-taking it for later rows of
     -- the same transaction only counts up a local reference).
     PERFORM pg_advisory_xact_lock_shared(7161114182524956279);
-    -- W free: the worker waits for notifications. The payload is only the id,
-    -- as in 0002: the worker reads the event itself from the log.
-    IF pg_try_advisory_xact_lock_shared(7161114182524956280) THEN
+    -- W free: the worker waits for notifications. W is only looked at, not
+    -- kept: a writer holding it until commit (while it queues for the NOTIFY
+    -- lock) would keep a busy worker from ever taking it. Nothing needs it
+    -- kept: a NOTIFY decided on here reaches the worker whatever it does
+    -- meanwhile, since it LISTENs throughout. The payload is only the id, as
+    -- in 0002: the worker reads the event itself from the log.
+    IF pg_try_advisory_lock_shared(7161114182524956280) THEN
+        PERFORM pg_advisory_unlock_shared(7161114182524956280);
         PERFORM pg_notify('cache_invalidation', v_id::text);
     END IF;
 END;

@@ -58,6 +58,13 @@ struct EventLog {
             WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id > $3
             ORDER BY e.id LIMIT $1
             """, parameterCount: 4)
+        // The polling pace: what is new above the cursor, plus ids the cursor passed without
+        // seeing them (their transactions had not committed yet, or rolled back), by primary key.
+        try connection.prepare("ci_poll", """
+            SELECT \(columns) FROM cache_invalidation.events e
+            WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND (e.id > $3 OR e.id = ANY($4::int8[]))
+            ORDER BY e.id LIMIT $1
+            """, parameterCount: 4)
         // The fast path: the events notifications named, by primary key. Scanning the pending
         // index instead would walk every entry acknowledged since the last vacuum.
         try connection.prepare("ci_fetch_ids", """
@@ -154,6 +161,11 @@ struct EventLog {
             return Self.decode(try connection.execute(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after)]))
         }
         return Self.decode(try connection.execute(prepared: "ci_ack_fetch_pending", [String(limit), knownKinds, String(after), PostgresArray.integers(acknowledging)]))
+    }
+
+    /// One poll: pending events above `after`, and those among `skipped` that are pending now.
+    func poll(after: Int64, skipped: [Int64], limit: Int) throws(PostgresError) -> Fetched {
+        Self.decode(try connection.execute(prepared: "ci_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped)]))
     }
 
     /// The named events that are still pending (the fast path after notifications).

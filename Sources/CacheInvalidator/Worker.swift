@@ -53,6 +53,12 @@ final class Worker {
     private var pace = Pace.notified
     private var quietNotify = false
     private var pollCursor: Int64 = 0
+    /// Ids the polling cursor passed without seeing them, and when: a transaction that took its
+    /// id early and commits late (several writers commit out of id order). Asked for by primary
+    /// key on every poll, so they wait one poll interval, not until the next full scan (which
+    /// still covers them, and after which they are forgotten).
+    private var skippedIDs: [Int64: UInt64] = [:]
+    static let maximumSkippedIDs = 10_000
     private var pollFoundEvents = false
     private var highestProcessedID: Int64 = 0
     private var lastNewEventAt: UInt64 = 0
@@ -589,17 +595,19 @@ final class Worker {
                 }
             case .polling, .settling:
                 pollFoundEvents = false
-                let fetched = try eventLog.fetchPending(after: pollCursor, limit: config.batchSize)
+                let fetched = try eventLog.poll(after: pollCursor, skipped: Array(skippedIDs.keys), limit: config.batchSize)
                 postgresRoundTripSucceeded()
                 if fetched.rowCount > 0 {
                     guard invalidate(fetched) else { return }
-                    pollCursor = max(pollCursor, fetched.maxID)
+                    noteSkipped(fetched, now: now)
                     lastNewEventAt = now
                     pollFoundEvents = true
                 }
                 if now >= nextFullScanAt {
                     needsDrain = true
                     nextFullScanAt = now &+ config.pollingFullScanNanoseconds
+                    // The full scan about to run finds whatever is still skipped.
+                    skippedIDs = skippedIDs.filter { now &- $0.value < config.pollingFullScanNanoseconds }
                 }
                 if pace == .polling && now &- lastNewEventAt > config.pollingExitNanoseconds {
                     try eventLog.stopPolling()
@@ -626,6 +634,21 @@ final class Worker {
         }
     }
 
+    /// Moves the cursor past what a poll returned and remembers the ids it jumped over.
+    private func noteSkipped(_ fetched: EventLog.Fetched, now: UInt64) {
+        var seen = Set<Int64>(minimumCapacity: fetched.rowCount)
+        for event in fetched.events { seen.insert(event.id); skippedIDs.removeValue(forKey: event.id) }
+        for bad in fetched.undecodable { seen.insert(bad.id); skippedIDs.removeValue(forKey: bad.id) }
+        let newCursor = max(pollCursor, fetched.maxID)
+        // A jump wider than the bound (a mass rollback) is left to the full scan.
+        if newCursor > pollCursor && newCursor - pollCursor <= Int64(Self.maximumSkippedIDs) {
+            for id in (pollCursor + 1)...newCursor where !seen.contains(id) && skippedIDs.count < Self.maximumSkippedIDs {
+                skippedIDs[id] = now
+            }
+        }
+        pollCursor = newCursor
+    }
+
     private func startPolling(_ eventLog: EventLog, now: UInt64) throws(PostgresError) {
         // Fails while a notifying writer still holds W shared: stay notified, try again later.
         guard try eventLog.startPolling() else { return }
@@ -633,6 +656,7 @@ final class Worker {
         // Every event inserted from now on has a higher id than any already processed; those
         // inserted before W was taken were notified.
         pollCursor = max(pollCursor, highestProcessedID)
+        skippedIDs.removeAll()
         lastNewEventAt = now
         nextFullScanAt = now &+ config.pollingFullScanNanoseconds
         statistics.update { $0.polling = true; $0.pollingEntries += 1 }
