@@ -99,6 +99,21 @@ struct EventLog {
             """, [String(Self.pollingLockKey)])[0, 0] == "t"
     }
 
+    /// Ends a session that holds W although this one leads: a previous leader that vanished
+    /// (crashed host, half-open connection) and that the server has not noticed yet. While it
+    /// holds W, writers skip their NOTIFY for a worker that no longer polls. Returns how many
+    /// were ended; a session of another role cannot be ended by this one (42501).
+    func endStalePollingHolders() throws(PostgresError) -> Int {
+        let key = UInt64(bitPattern: Self.pollingLockKey)
+        return try connection.execute("""
+            SELECT count(*) FILTER (WHERE pg_terminate_backend(l.pid)) FROM pg_locks l
+            WHERE l.locktype = 'advisory' AND l.mode = 'ExclusiveLock' AND l.granted
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND l.classid = $1::int8::oid AND l.objid = $2::int8::oid AND l.objsubid = 1
+              AND l.pid <> pg_backend_pid()
+            """, [String(key >> 32), String(key & 0xFFFF_FFFF)]).rows.first?[0].flatMap { Int($0) } ?? 0
+    }
+
     /// Takes W without waiting; false while a writer that is notifying still holds it shared.
     func startPolling() throws(PostgresError) -> Bool {
         try connection.execute("SELECT pg_try_advisory_lock($1::int8)", [String(Self.pollingLockKey)])[0, 0] == "t"

@@ -195,6 +195,19 @@ final class Worker {
             postgresFailed(error)
             return
         }
+        if quietNotify {
+            do {
+                let ended = try eventLog.endStalePollingHolders()
+                if ended > 0 {
+                    logger.warning("ended a previous worker's session that still held the polling lock (writers were skipping their NOTIFY for it)", metadata: [LogKey.events: "\(ended)"])
+                }
+            } catch where error.sqlState == "42501" {
+                logger.warning("a session of another role holds the polling lock and cannot be ended by this one; writers skip their NOTIFY until it goes (the sweep every SUMMARY_INTERVAL still finds every event)", metadata: [LogKey.error: "\(error)"])
+            } catch {
+                postgresFailed(error)
+                return
+            }
+        }
         active = true
         abandonedBackendPID = nil
         needsDrain = true

@@ -70,3 +70,26 @@ struct QuietNotifyTests {
         harness.stopWorker()
     }
 }
+
+extension QuietNotifyTests {
+    /// A previous leader vanished while polling, and the server still keeps its session with
+    /// the polling lock W: writers skip their NOTIFY for a worker that no longer polls. The new
+    /// active worker ends that session, and writes wake it at once again (the sweep, which
+    /// would find them eventually, is pushed out of reach).
+    @Test func aVanishedLeaderStillHoldingThePollingLockIsEnded() throws {
+        let harness = try Harness()
+        let stale = try PGConnection(conninfo: harness.databaseURL, applicationName: "cache-invalidator")
+        #expect(try stale.execute("SELECT pg_try_advisory_lock($1::int8)", [String(0x6361_6368_6569_6E78 as Int64)])[0, 0] == "t")
+        let stalePID = stale.backendPID
+        harness.startWorker { $0.summaryIntervalNanoseconds = 600_000_000_000 }
+        try harness.waitFor("connected") { $0.active && $0.redisUp }
+        #expect(try harness.count("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", [String(stalePID)]) == 0, "the stale session was ended")
+        #expect(harness.logs.captured.contains { $0.contains("still held the polling lock") })
+        try harness.seed(["tx:5:0xwake"])
+        try harness.sql(DeliveryTests.settledTrade(5, "0xwake"))
+        let deadline = Date().addingTimeInterval(3)
+        while try harness.exists("tx:5:0xwake") && Date() < deadline { usleep(2_000) }
+        #expect(try !harness.exists("tx:5:0xwake"), "the write did not wake the worker")
+        harness.stopWorker()
+    }
+}
