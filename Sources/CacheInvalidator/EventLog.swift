@@ -116,7 +116,7 @@ struct EventLog {
 
     /// Takes W without waiting; false while a writer that is notifying still holds it shared.
     func startPolling() throws(PostgresError) -> Bool {
-        try connection.execute("SELECT pg_try_advisory_lock($1::int8)", [String(Self.pollingLockKey)])[0, 0] == "t"
+        try tryLock(Self.pollingLockKey)
     }
 
     func stopPolling() throws(PostgresError) {
@@ -132,7 +132,12 @@ struct EventLog {
 
     /// Tries to become the active worker; the lock lives as long as this session.
     func tryLead() throws(PostgresError) -> Bool {
-        try connection.execute("SELECT pg_try_advisory_lock($1::int8)", [String(Self.leaderLockKey)])[0, 0] == "t"
+        try tryLock(Self.leaderLockKey)
+    }
+
+    /// A session-level advisory lock, exclusive, never waited for.
+    private func tryLock(_ key: Int64) throws(PostgresError) -> Bool {
+        try connection.execute("SELECT pg_try_advisory_lock($1::int8)", [String(key)])[0, 0] == "t"
     }
 
     /// Ends this worker's own previous session if the server still keeps it: after a half-open

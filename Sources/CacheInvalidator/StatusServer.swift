@@ -16,7 +16,7 @@ public struct Readiness: Sendable, Equatable {
 
     public static func of(_ s: WorkerStatistics.Snapshot) -> Readiness {
         var problems: [String] = []
-        if !s.postgresUp { problems.append("postgres unreachable") } else if s.active && !s.listening { problems.append("not listening") }
+        if !s.postgresUp { problems.append("postgres unreachable") }
         if !s.redisUp { problems.append("redis unreachable") }
         guard problems.isEmpty else { return Readiness(ready: false, reason: "not ready: " + problems.joined(separator: ", ")) }
         return Readiness(ready: true, reason: s.active ? "ready: active, listening, redis answers" : "ready: standby (another worker is active), postgres and redis answer")

@@ -66,6 +66,9 @@ final class Worker {
     private var windowStart: UInt64 = 0
     private var windowEvents = 0
 
+    /// What `publishState` last told other threads.
+    private var published: (postgres: Bool, redis: Bool, active: Bool, polling: Bool)?
+
     private var postgresPolicy: ReconnectPolicy
     private var redisPolicy: ReconnectPolicy
 
@@ -127,6 +130,7 @@ final class Worker {
             if monotonicNanoseconds() >= nextSummaryAt { logSummary() }
             if active && monotonicNanoseconds() >= nextMaintenanceAt && !stopping { maintain() }
             if postgres != nil && monotonicNanoseconds() >= heartbeatDueAt && !stopping { heartbeat() }
+            publishState()
             if stopping { break }
             waitForWork()
         }
@@ -135,7 +139,24 @@ final class Worker {
         eventLog = nil
         invalidator = nil
         active = false
-        statistics.update { $0.listening = false; $0.redisUp = false; $0.postgresUp = false; $0.active = false }
+        pace = .notified
+        publishState()
+    }
+
+    /// Connection state as other threads see it (/readyz, /metrics, tests): derived from the
+    /// worker's own state once per turn of the loop, so it is never kept in two places.
+    private func publishState() {
+        let state = (postgres: postgres != nil, redis: redis != nil, active: active, polling: pace != .notified)
+        if let published, published == state { return }
+        published = state
+        statistics.update {
+            $0.postgresUp = state.postgres
+            $0.redisUp = state.redis
+            $0.active = state.active
+            // Only the active worker LISTENs.
+            $0.listening = state.active
+            $0.polling = state.polling
+        }
     }
 
     // MARK: Connections
@@ -150,7 +171,7 @@ final class Worker {
             eventLog = log
             postgresPolicy.opened()
             lastPostgresAnswerAt = monotonicNanoseconds()
-            statistics.update { $0.postgresConnects += 1; $0.postgresUp = true }
+            statistics.update { $0.postgresConnects += 1 }
             logger.debug("postgres connection opened", metadata: [LogKey.target: "\(connection.target)"])
         } catch {
             postgresFailed(error)
@@ -212,7 +233,7 @@ final class Worker {
         abandonedBackendPID = nil
         needsDrain = true
         nextMaintenanceAt = 0
-        statistics.update { $0.active = true; $0.listening = true; $0.takeovers += 1 }
+        statistics.update { $0.takeovers += 1 }
         postgresRoundTripSucceeded()
         if announcedStandby {
             announcedStandby = false
@@ -253,9 +274,8 @@ final class Worker {
         active = false
         // Session locks (W) went with the session.
         pace = .notified
-        statistics.update { $0.polling = false }
         needsDrain = true
-        statistics.update { $0.postgresErrors += 1; $0.listening = false; $0.postgresUp = false; $0.active = false }
+        statistics.update { $0.postgresErrors += 1 }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
         report(postgresPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
                server: "postgres", what: what, consequence: "events wait in the log", error: "\(error)")
@@ -268,7 +288,7 @@ final class Worker {
             invalidator = RedisInvalidator(connection: connection, deleteCommand: config.deleteCommand)
             redisPolicy.opened()
             needsDrain = true
-            statistics.update { $0.redisConnects += 1; $0.redisUp = true }
+            statistics.update { $0.redisConnects += 1 }
             logger.debug("redis connection opened", metadata: [LogKey.target: "\(config.redis)"])
         } catch {
             redisFailed(error)
@@ -295,7 +315,7 @@ final class Worker {
     private func redisFailed(_ error: RedisError) {
         invalidator = nil
         needsDrain = true
-        statistics.update { $0.redisErrors += 1; $0.redisUp = false }
+        statistics.update { $0.redisErrors += 1 }
         let what = error.code == .commandFailed ? "redis rejected the deletions" : "redis unavailable"
         report(redisPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
                server: "redis", what: what, consequence: "events wait in the log and are drained when it returns", error: "\(error)")
@@ -596,16 +616,13 @@ final class Worker {
         do {
             switch pace {
             case .notified:
-                if now &- windowStart > config.pollingWindowNanoseconds {
-                    let busy = windowEvents >= config.pollingEntryEvents
+                // Busy: enough events within one window. Either way a full window starts over.
+                let busy = windowEvents >= config.pollingEntryEvents
+                if busy || now &- windowStart > config.pollingWindowNanoseconds {
                     windowStart = now
                     windowEvents = 0
-                    if busy { try startPolling(eventLog, now: now) }
-                } else if windowEvents >= config.pollingEntryEvents {
-                    windowStart = now
-                    windowEvents = 0
-                    try startPolling(eventLog, now: now)
                 }
+                if busy { try startPolling(eventLog, now: now) }
             case .polling, .settling:
                 pollFoundEvents = false
                 let fetched = try eventLog.poll(after: pollCursor, skipped: Array(skippedIDs.keys), limit: config.batchSize)
@@ -637,7 +654,6 @@ final class Worker {
                         needsDrain = true
                         windowStart = now
                         windowEvents = 0
-                        statistics.update { $0.polling = false }
                         if debugEnabled { logger.debug("notified again: writers NOTIFY") }
                     }
                 }
@@ -672,7 +688,7 @@ final class Worker {
         skippedIDs.removeAll()
         lastNewEventAt = now
         nextFullScanAt = now &+ config.pollingFullScanNanoseconds
-        statistics.update { $0.polling = true; $0.pollingEntries += 1 }
+        statistics.update { $0.pollingEntries += 1 }
         if debugEnabled { logger.debug("polling the log: writers skip their NOTIFY") }
     }
 
