@@ -112,30 +112,9 @@ extension Harness {
     /// Every key the bot cached for a committed write that still exists in Redis: missed
     /// invalidations. Must be empty.
     func keysNeverDeleted(_ writes: [BotStream.Write], redis: RedisConnection? = nil) throws -> [String] {
-        let connection = try redis ?? self.redis
         let keys = writes.filter(\.cached).map(\.key)
-        var missed: [String] = []
-        for chunk in stride(from: 0, to: keys.count, by: 500).map({ Array(keys[$0..<min($0 + 500, keys.count)]) }) {
-            let replies = try connection.pipeline(chunk.map { [Array("EXISTS".utf8), Array((prefix + $0).utf8)] })
-            for (key, reply) in zip(chunk, replies) where reply != .integer(0) { missed.append(key) }
-        }
-        return missed
-    }
-
-    /// Waits until nothing is pending, reading the log on a connection of its own.
-    func waitUntilProcessed(databaseURL url: String, timeout: Double = 60) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        var pending = -1
-        while Date() < deadline {
-            if let connection = try? PGConnection(conninfo: url),
-               let rows = try? connection.execute("SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NULL") {
-                pending = Int(rows[0, 0] ?? "-1") ?? -1
-                if pending == 0 { return }
-            }
-            usleep(20_000)
-        }
-        Issue.record("events still pending after \(timeout) s: \(pending); worker log tail:\n\(logs.captured.suffix(20).joined(separator: "\n"))")
-        throw HarnessError.timeout
+        let gone = try deleted(among: keys, redis: redis)
+        return keys.filter { !gone.contains($0) }
     }
 }
 

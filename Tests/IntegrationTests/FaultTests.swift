@@ -12,14 +12,6 @@ import Testing
 /// real servers, and then demands that every committed write's key is gone from Redis.
 @Suite("Faults: zero missed invalidations")
 struct FaultTests {
-    static func logger(_ sink: LogSink) -> Logger {
-        Logger(label: "worker") { _ in
-            var handler = LogfmtLogHandler(format: .logfmt, sink: sink)
-            handler.logLevel = .info
-            return handler
-        }
-    }
-
     /// Redis stops (the worker backs off, stays alive, reports itself down, acknowledges
     /// nothing) and comes back empty. Before the worker can get in again (the new Redis asks for
     /// a password at first), the keys of the writes committed during the outage are cached
@@ -88,7 +80,7 @@ struct FaultTests {
         try postgres.restart()
         bot.waitForCommits(200)
         bot.stop()
-        try harness.waitUntilProcessed(databaseURL: postgres.url)
+        try harness.waitUntilProcessed(databaseURL: postgres.url, timeout: 60)
         #expect(try harness.keysNeverDeleted(bot.writes) == [])
         #expect(harness.worker!.statistics.snapshot.postgresConnects >= 2)
         harness.stopWorker()
@@ -179,7 +171,7 @@ struct FaultTests {
     func severalWorkersShareOneLeaderAndHandOver(count: Int) throws {
         let harness = try Harness()
         let sinks = (0..<count).map { _ in LogSink(capturing: true) }
-        let handles = sinks.map { WorkerHandle.start(configuration: harness.configuration(), logger: Self.logger($0)) }
+        let handles = sinks.map { WorkerHandle.start(configuration: harness.configuration(), logger: Harness.workerLogger($0, level: .info)) }
         defer { handles.forEach { $0.stop() }; handles.forEach { _ = $0.wait(seconds: 10) } }
         func snapshots() -> [WorkerStatistics.Snapshot] { handles.map(\.statistics.snapshot) }
         func waitUntil(_ what: String, timeout: Double = 20, _ condition: ([WorkerStatistics.Snapshot]) -> Bool) throws {

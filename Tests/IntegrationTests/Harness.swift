@@ -69,15 +69,18 @@ final class Harness {
     func startWorker(_ configure: (inout WorkerConfiguration) -> Void = { _ in }) -> WorkerHandle {
         var config = configuration()
         configure(&config)
-        let sink = logs
-        let logger = Logger(label: "worker") { _ in
-            var handler = LogfmtLogHandler(format: .logfmt, sink: sink)
-            handler.logLevel = .debug
-            return handler
-        }
-        let handle = WorkerHandle.start(configuration: config, logger: logger)
+        let handle = WorkerHandle.start(configuration: config, logger: Harness.workerLogger(logs))
         worker = handle
         return handle
+    }
+
+    /// A worker's logger writing logfmt lines into `sink`.
+    static func workerLogger(_ sink: LogSink, level: Logger.Level = .debug) -> Logger {
+        Logger(label: "worker") { _ in
+            var handler = LogfmtLogHandler(format: .logfmt, sink: sink)
+            handler.logLevel = level
+            return handler
+        }
     }
 
     func stopWorker() {
@@ -102,13 +105,25 @@ final class Harness {
 
     /// Waits until the worker acknowledged every event in the log (an event is acknowledged only
     /// after Redis confirmed its deletions, so its keys are gone by then).
-    func waitUntilProcessed(timeout: Double = 20) throws {
+    ///
+    /// With `databaseURL`, the log is read over a fresh connection each time, so a server that
+    /// restarts meanwhile (a fault test's own PostgreSQL) is waited for too.
+    func waitUntilProcessed(databaseURL url: String? = nil, timeout: Double = 20) throws {
         let deadline = Date().addingTimeInterval(timeout)
+        var pending = -1
         while Date() < deadline {
-            if try pendingCount == 0 { return }
+            if let url {
+                if let connection = try? PGConnection(conninfo: url),
+                   let rows = try? connection.execute("SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NULL") {
+                    pending = Int(rows[0, 0] ?? "-1") ?? -1
+                }
+            } else {
+                pending = try pendingCount
+            }
+            if pending == 0 { return }
             usleep(2_000)
         }
-        Issue.record("events still pending after \(timeout) s: \(try pendingCount); worker log tail:\n\(logs.captured.suffix(20).joined(separator: "\n"))")
+        Issue.record("events still pending after \(timeout) s: \(pending); worker log tail:\n\(logs.captured.suffix(20).joined(separator: "\n"))")
         throw HarnessError.timeout
     }
 
@@ -132,8 +147,8 @@ final class Harness {
     }
 
     /// The keys (relative to the prefix) among `keys` that no longer exist.
-    func deleted(among keys: [String]) throws -> Set<String> {
-        let replies = try redis.pipeline(keys.map { [Array("EXISTS".utf8), Array((prefix + $0).utf8)] })
+    func deleted(among keys: [String], redis other: RedisConnection? = nil) throws -> Set<String> {
+        let replies = try (other ?? redis).pipeline(keys.map { [Array("EXISTS".utf8), Array((prefix + $0).utf8)] })
         var gone: Set<String> = []
         for (key, reply) in zip(keys, replies) where reply == .integer(0) { gone.insert(key) }
         return gone

@@ -45,7 +45,7 @@ struct KillTests {
                 usleep(10_000)
             }
             reaped = true
-            return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+            return TestServers.exitCode(status)
         }
     }
 

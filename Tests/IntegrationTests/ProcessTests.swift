@@ -35,7 +35,7 @@ struct ProcessTests {
             }
             usleep(10_000)
         }
-        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        let code = TestServers.exitCode(status)
         return Outcome(status: code, output: (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
     }
 
@@ -80,9 +80,15 @@ struct ProcessTests {
         #expect(kill(pid, SIGTERM) == 0)
         var status: Int32 = 0
         let started = Date()
-        while waitpid(pid, &status, WNOHANG) == 0 && Date().timeIntervalSince(started) < 15 { usleep(20_000) }
-        exited = true
-        #expect((status & 0x7f) == 0 && (status >> 8) & 0xff == 0, "exit status \(status)")
+        var reaped = waitpid(pid, &status, WNOHANG)
+        while reaped == 0 && Date().timeIntervalSince(started) < 15 {
+            usleep(20_000)
+            reaped = waitpid(pid, &status, WNOHANG)
+        }
+        // Not reaped: the deferred kill cleans up, and the test fails here.
+        exited = reaped == pid
+        #expect(reaped == pid, "did not exit within 15 s of SIGTERM")
+        #expect(TestServers.exitCode(status) == 0, "exit status \(status)")
         log = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
         #expect(log.contains("msg=\"lag summary\""))
         #expect(log.contains("msg=\"event invalidated\""), "debug level logs one line per event")

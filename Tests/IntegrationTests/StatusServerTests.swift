@@ -67,7 +67,7 @@ struct StatusServerTests {
         #expect(Self.get("/healthz", port: port)?.status == 200, "alive before the worker even starts")
         #expect(Self.get("/readyz", port: port)?.status == 503, "not ready before it has connected")
 
-        let handle = WorkerHandle.start(configuration: config, logger: FaultTests.logger(harness.logs), statistics: statistics, metrics: metrics)
+        let handle = WorkerHandle.start(configuration: config, logger: Harness.workerLogger(harness.logs, level: .info), statistics: statistics, metrics: metrics)
         defer { handle.stop(); _ = handle.wait(seconds: 10) }
         for i in 1...5 { try harness.sql(DeliveryTests.settledTrade(7000 + i, "0xmetric\(i)")) }
         try harness.sql("INSERT INTO wallets (telegram_id, address) VALUES (7100, '0xMW')")

@@ -185,8 +185,13 @@ final class TestServers: Sendable {
         while waitpid(pid, &status, 0) < 0 {
             guard errno == EINTR else { throw TestServerError(description: "waitpid failed: \(String(cString: strerror(errno)))") }
         }
-        // WIFEXITED / WEXITSTATUS, spelled out (the C macros are not imported).
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return exitCode(status)
+    }
+
+    /// A `waitpid` status as a shell shows it: the exit code, or 128 + the signal.
+    /// (WIFEXITED / WEXITSTATUS, spelled out: the C macros are not imported.)
+    static func exitCode(_ status: Int32) -> Int32 {
+        (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     }
 
     static func spawn(_ tool: String, _ arguments: [String], outputPath: String, environment: [String]? = nil) throws -> pid_t {
