@@ -252,6 +252,12 @@ struct EventLog {
     }
 
     func backlog() throws(PostgresError) -> Backlog {
+        try Self.backlog(on: connection)
+    }
+
+    /// Also for `check`, on a connection of its own.
+    static func backlog(on connection: PGConnection) throws(PostgresError) -> Backlog {
+        let knownKinds = PostgresArray.text(EventKind.allNames)
         let rows = try connection.execute("""
             SELECT count(*),
                    COALESCE(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8,

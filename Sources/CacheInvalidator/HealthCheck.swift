@@ -89,20 +89,21 @@ public struct HealthCheck {
         }
         section("triggers") { () throws(PostgresError) -> [Finding] in try triggerFindings(connection) }
         section("backlog") { () throws(PostgresError) -> [Finding] in
-            let backlog = try query("""
-                SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8
-                FROM cache_invalidation.events WHERE processed_at IS NULL
-                """)
-            let pending = Int64(backlog[0, 0] ?? "0") ?? 0
-            let age = Double(backlog[0, 1] ?? "0") ?? 0
-            let backlogOK = pending <= maximumBacklog && age <= maximumOldestAgeSeconds
-            return [Finding(ok: backlogOK, subject: "backlog",
-                            detail: "\(pending) events pending, oldest \(String(format: "%.1f", age)) s" + (backlogOK ? "" : " (limits: \(maximumBacklog) events, \(Int(maximumOldestAgeSeconds)) s); is a worker running and Redis reachable?"))]
-        }
-        section("notify queue") { () throws(PostgresError) -> [Finding] in
-            let usage = Double(try query("SELECT pg_notification_queue_usage()")[0, 0] ?? "0") ?? 0
-            return [Finding(ok: usage <= maximumQueueUsage, subject: "notify queue",
-                            detail: "\(String(format: "%.4f", usage * 100)) % used" + (usage <= maximumQueueUsage ? "" : "; a listener is not reading (a stuck session LISTENing?): when full, the bot's commits fail"))]
+            let backlog = try EventLog.backlog(on: connection)
+            let age = String(format: "%.1f", backlog.oldestAgeSeconds)
+            let usage = String(format: "%.4f", backlog.queueUsage * 100)
+            let backlogOK = backlog.pending <= maximumBacklog && backlog.oldestAgeSeconds <= maximumOldestAgeSeconds
+            let queueOK = backlog.queueUsage <= maximumQueueUsage
+            var backlogDetail = "\(backlog.pending) events pending, oldest \(age) s"
+            if !backlogOK {
+                backlogDetail += " (limits: \(maximumBacklog) events, \(Int(maximumOldestAgeSeconds)) s); is a worker running and Redis reachable?"
+            }
+            var queueDetail = "\(usage) % used"
+            if !queueOK {
+                queueDetail += "; a listener is not reading (a stuck session LISTENing?): when full, the bot's commits fail"
+            }
+            return [Finding(ok: backlogOK, subject: "backlog", detail: backlogDetail),
+                    Finding(ok: queueOK, subject: "notify queue", detail: queueDetail)]
         }
         return findings
 
