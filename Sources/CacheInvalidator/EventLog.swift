@@ -174,13 +174,23 @@ struct EventLog {
         var maxID: Int64 = 0
     }
 
-    /// Pending events with ids above `after`, oldest first (a drain pass); acknowledges
-    /// `acknowledging` (all at or below `after`) in the same statement.
-    func fetchPending(after: Int64, limit: Int, acknowledging: [Int64] = []) throws(PostgresError) -> Fetched {
-        if acknowledging.isEmpty {
-            return Self.decode(try connection.execute(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after)]))
-        }
-        return Self.decode(try connection.execute(prepared: "ci_ack_fetch_pending", [String(limit), knownKinds, String(after), PostgresArray.integers(acknowledging)]))
+    /// Pending events with ids above `after`, oldest first (a drain pass), acknowledging
+    /// `acknowledging` (all at or below `after`) in the same statement. Sends it and returns at
+    /// once, so the worker deletes the previous batch in Redis while Postgres reads this one.
+    /// `receivePending()` collects the rows; nothing else may use the connection in between.
+    func sendFetchPending(after: Int64, limit: Int, acknowledging: [Int64]) throws(PostgresError) {
+        try connection.send(prepared: "ci_ack_fetch_pending", [String(limit), knownKinds, String(after), PostgresArray.integers(acknowledging)])
+    }
+
+    /// The rows `sendFetchPending` asked for, undecoded (`decode` them; the last row has the
+    /// highest id, which is where the next batch starts).
+    func receivePending() throws(PostgresError) -> PGRows {
+        try connection.receive()
+    }
+
+    /// The first batch of a drain pass, undecoded.
+    func fetchPendingRows(after: Int64, limit: Int) throws(PostgresError) -> PGRows {
+        try connection.execute(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after)])
     }
 
     /// One poll: pending events above `after`, and those among `skipped` that are pending now.

@@ -19,15 +19,15 @@ struct RedisInvalidator {
     /// Throws unless Redis confirmed every deletion: the caller acknowledges only on success.
     func execute(_ plan: InvalidationPlan) throws(RedisError) -> Outcome {
         var outcome = Outcome()
-        if !plan.keys.isEmpty {
+        if !plan.keyBytes.isEmpty {
             var commands: [[[UInt8]]] = []
-            commands.reserveCapacity(plan.keys.count / Self.keysPerCommand + 1)
+            commands.reserveCapacity(plan.keyBytes.count / Self.keysPerCommand + 1)
             var index = 0
-            while index < plan.keys.count {
-                let end = min(index + Self.keysPerCommand, plan.keys.count)
+            while index < plan.keyBytes.count {
+                let end = min(index + Self.keysPerCommand, plan.keyBytes.count)
                 var command: [[UInt8]] = [deleteCommand.argument]
                 command.reserveCapacity(end - index + 1)
-                for key in plan.keys[index..<end] { command.append(Array(key.utf8)) }
+                command.append(contentsOf: plan.keyBytes[index..<end])
                 commands.append(command)
                 index = end
             }

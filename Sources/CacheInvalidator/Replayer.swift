@@ -116,7 +116,7 @@ public struct Replayer {
                 for pattern in plan.patterns { output("pattern \(LogfmtLogHandler.quoted(pattern))") }
             }
             summary.events += fetched.events.count
-            summary.keys += plan.keys.count
+            summary.keys += plan.keyBytes.count
             summary.patterns += plan.patterns.count
             summary.firstID = summary.firstID ?? fetched.events.first?.id
             summary.lastID = fetched.events.last?.id ?? summary.lastID

@@ -425,47 +425,72 @@ final class Worker {
     ///
     /// One forward pass is complete: LISTEN came first, so every event committed after the pass
     /// began is also announced by a notification and fetched by id.
+    ///
+    /// Postgres and Redis work at the same time: as soon as a full batch arrives, the statement
+    /// that acknowledges the batch before it (Redis confirmed its deletions in the previous turn)
+    /// and reads the next one is sent, and only then is this batch decoded and deleted. So
+    /// Postgres's half of a batch (an UPDATE of the acknowledged rows and an index scan) overlaps
+    /// the worker's and Redis's half. An event is still acknowledged only after Redis confirmed
+    /// it, and only one statement is ever in flight on the connection.
     private func drainPass() -> Bool {
-        var cursor: Int64 = 0
-        // Each batch is acknowledged by the statement that fetches the next one: one round trip
-        // per batch instead of two. Still only after Redis confirmed the batch's deletions.
-        var unacknowledged: Deleted? = nil
+        guard let eventLog else { return false }
+        var rows: PGRows
+        do {
+            rows = try eventLog.fetchPendingRows(after: 0, limit: config.batchSize)
+        } catch {
+            postgresFailed(error)
+            return false
+        }
+        postgresRoundTripSucceeded()
+        // Deleted in Redis, not yet acknowledged: goes out with the next statement.
+        var confirmed: Deleted? = nil
         defer {
             // Stopping (or a failure) in the middle: acknowledge what Redis already confirmed.
-            if let last = unacknowledged, acknowledge(last) { record(last) }
+            if let last = confirmed, acknowledge(last.ids) { record(last) }
         }
         while !stopping {
-            guard let eventLog else { return false }
-            let fetched: EventLog.Fetched
-            do {
-                fetched = try eventLog.fetchPending(after: cursor, limit: config.batchSize, acknowledging: unacknowledged?.ids ?? [])
-            } catch {
-                unacknowledged = nil
-                postgresFailed(error)
-                return false
-            }
-            if let done = unacknowledged {
-                unacknowledged = nil
-                record(done)
-            }
-            postgresRoundTripSucceeded()
-            if fetched.rowCount > 0 {
-                guard let deleted = delete(fetched) else { return false }
-                unacknowledged = deleted
-                cursor = fetched.maxID
-            } else {
-                redisRoundTripSucceeded()
-            }
-            if fetched.rowCount < config.batchSize {
-                if let last = unacknowledged {
-                    unacknowledged = nil
-                    guard acknowledge(last) else { return false }
-                    record(last)
+            let full = rows.rows.count >= config.batchSize
+            // In flight: the acknowledgement of `acknowledging`, and the next batch.
+            var acknowledging: Deleted? = nil
+            if full {
+                let after = rows.rows.last?[0].flatMap { Int64($0) } ?? 0
+                do {
+                    try eventLog.sendFetchPending(after: after, limit: config.batchSize, acknowledging: confirmed?.ids ?? [])
+                } catch {
+                    confirmed = nil
+                    postgresFailed(error)
+                    return false
                 }
-                needsDrain = false
-                statistics.update { $0.initialDrainDone = true }
-                return true
+                acknowledging = confirmed
+                confirmed = nil
             }
+            let fetched = EventLog.decode(rows)
+            let deleted = fetched.rowCount > 0 ? delete(fetched) : nil
+            if fetched.rowCount == 0 { redisRoundTripSucceeded() }
+            if full {
+                do {
+                    rows = try eventLog.receivePending()
+                } catch {
+                    postgresFailed(error)
+                    return false
+                }
+                postgresRoundTripSucceeded()
+                if let done = acknowledging { record(done) }
+                guard let deleted else { return false }
+                confirmed = deleted
+                continue
+            }
+            // The last, partial batch: acknowledged in one statement with the one before it.
+            if fetched.rowCount > 0 && deleted == nil { return false }
+            let last = [confirmed, deleted].compactMap { $0 }
+            confirmed = nil
+            if !last.isEmpty {
+                guard acknowledge(last.flatMap(\.ids)) else { return false }
+                last.forEach(record)
+            }
+            needsDrain = false
+            statistics.update { $0.initialDrainDone = true }
+            return true
         }
         return false
     }
@@ -473,7 +498,7 @@ final class Worker {
     /// Deletes the keys of a batch in one round trip and then acknowledges it.
     /// Returns false if Redis or Postgres failed (the batch stays pending and is redone).
     private func invalidate(_ fetched: EventLog.Fetched) -> Bool {
-        guard let deleted = delete(fetched), acknowledge(deleted) else { return false }
+        guard let deleted = delete(fetched), acknowledge(deleted.ids) else { return false }
         record(deleted)
         return true
     }
@@ -495,6 +520,8 @@ final class Worker {
     private func delete(_ fetched: EventLog.Fetched) -> Deleted? {
         guard let invalidator else { return nil }
         var plan = InvalidationPlan()
+        // Six keys per event is the most any default rule renders.
+        plan.reserveCapacity(keys: fetched.events.count * 6)
         // Per-event key counts only feed the debug line; the plan is built once either way.
         var rendered: [(keys: Int, patterns: Int)] = []
         if debugEnabled { rendered.reserveCapacity(fetched.events.count) }
@@ -529,10 +556,10 @@ final class Worker {
         return Deleted(fetched: fetched, plan: plan, rendered: rendered, keysByKind: keysByKind, outcome: outcome, confirmedAt: confirmedAt, ids: ids)
     }
 
-    private func acknowledge(_ deleted: Deleted) -> Bool {
+    private func acknowledge(_ ids: [Int64]) -> Bool {
         guard let eventLog else { return false }
         do {
-            try eventLog.acknowledge(deleted.ids)
+            try eventLog.acknowledge(ids)
             return true
         } catch {
             // Deleted but not acknowledged: the events come back after reconnecting and are
@@ -577,13 +604,13 @@ final class Worker {
                     LogKey.lagMilliseconds: "\(formatMilliseconds(UInt64(max(0, lag))))"])
             }
         }
-        interval.add(keys: plan.keys.count)
+        interval.add(keys: plan.keyBytes.count)
         metrics?.observe(batchEvents: fetched.events.count)
         statistics.update { s in
             s.eventsProcessed += UInt64(fetched.events.count)
             for (kind, count) in byKind { s.eventsByKind[kind.rawValue, default: 0] += count }
             for (kind, count) in keysByKind { s.keysByKind[kind.rawValue, default: 0] += UInt64(count) }
-            s.keysDeleted += UInt64(plan.keys.count)
+            s.keysDeleted += UInt64(plan.keyBytes.count)
             s.keysRemoved += UInt64(max(0, outcome.removed))
             s.patternsScanned += UInt64(outcome.scanned)
             s.undecodableEvents += UInt64(fetched.undecodable.count)

@@ -1,5 +1,3 @@
-import Foundation
-
 /// Why an event's stored payload could not be decoded.
 public struct PayloadError: Error, Equatable, CustomStringConvertible {
     public var reason: String
@@ -10,7 +8,8 @@ public struct PayloadError: Error, Equatable, CustomStringConvertible {
 /// Decodes the `payload` column of an event (a flat JSON object) into string fields.
 ///
 /// The triggers write only strings and nulls, but a DBA may insert events by hand or a later
-/// migration may add numbers, so numbers and booleans are accepted as their text. Anything
+/// migration may add numbers, so numbers and booleans are accepted as their text (a number as
+/// written, which for a jsonb column is what `payload->>'field'` gives). Anything
 /// nested is refused: no rule can use it, and guessing a rendering would invent keys.
 public enum EventPayload {
     /// Field values beyond this size are dropped (and reported) instead of rendered into keys:
@@ -24,33 +23,41 @@ public enum EventPayload {
 
     /// The payload's fields, and the names of fields dropped for exceeding `maximumFieldBytes`.
     public static func decodeReportingOversized(_ text: String) throws(PayloadError) -> (fields: [String: String], oversized: [String]) {
-        let data = Data(text.utf8)
-        let object: Any
-        do {
-            object = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-        } catch {
-            throw PayloadError(reason: "is not valid JSON")
-        }
-        guard let dictionary = object as? [String: Any] else {
-            throw PayloadError(reason: "is not a JSON object")
-        }
         var fields: [String: String] = [:]
-        var oversized: [String] = []
-        fields.reserveCapacity(dictionary.count)
-        for (name, value) in dictionary {
-            switch value {
-            case is NSNull:
-                continue
-            case let string as String where string.utf8.count > maximumFieldBytes:
-                oversized.append(name)
-            case let string as String:
-                if !string.isEmpty { fields[name] = string }
-            case let number as NSNumber:
-                // Foundation hands JSON booleans over as NSNumber with the C type "c".
-                fields[name] = String(cString: number.objCType) == "c" ? (number.boolValue ? "true" : "false") : number.stringValue
-            default:
-                throw PayloadError(reason: "field \"\(name)\" is nested (only strings, numbers and null are allowed)")
+        fields.reserveCapacity(8)
+        var oversized: Set<String> = []
+        var nested: Set<String> = []
+        do {
+            try FlatJSON.forEachMember(in: text) { name, value in
+                // A repeated name: the last one counts, as in jsonb. (The sets are almost always
+                // empty; this runs for every field of every event.)
+                if !oversized.isEmpty { oversized.remove(name) }
+                if !nested.isEmpty { nested.remove(name) }
+                switch value {
+                case .string(let string) where string.utf8.count > maximumFieldBytes:
+                    fields.removeValue(forKey: name)
+                    oversized.insert(name)
+                case .string(let string) where !string.isEmpty:
+                    fields[name] = string
+                case .number(let number):
+                    fields[name] = number
+                case .bool(let bool):
+                    fields[name] = bool ? "true" : "false"
+                case .nested:
+                    fields.removeValue(forKey: name)
+                    nested.insert(name)
+                case .null, .string:
+                    if !fields.isEmpty { fields.removeValue(forKey: name) }
+                }
             }
+        } catch {
+            switch error {
+            case .invalid: throw PayloadError(reason: "is not valid JSON")
+            case .notAnObject: throw PayloadError(reason: "is not a JSON object")
+            }
+        }
+        if let nested = nested.min() {
+            throw PayloadError(reason: "field \"\(nested)\" is nested (only strings, numbers and null are allowed)")
         }
         return (fields, oversized.sorted())
     }

@@ -80,6 +80,21 @@ public struct KeyTemplate: Sendable, Equatable, CustomStringConvertible {
     ///
     /// With `escapingValuesForGlob`, values are escaped so that a `*` in a wallet address
     /// matches only a literal `*`: a row's content can never widen a pattern deletion.
+    /// `render` for exact keys, appending the key's bytes to `key` (the prefix already in it)
+    /// without an intermediate String: this runs for every key of every event.
+    public func render(_ fields: [String: String], appendingTo key: inout [UInt8]) -> Bool {
+        for segment in segments {
+            switch segment {
+            case .literal(let text):
+                key.append(contentsOf: text.utf8)
+            case .field(let name):
+                guard let value = fields[name], !value.isEmpty else { return false }
+                key.append(contentsOf: value.utf8)
+            }
+        }
+        return true
+    }
+
     public func render(_ fields: [String: String], escapingValuesForGlob: Bool = false) -> String? {
         var out = ""
         for segment in segments {

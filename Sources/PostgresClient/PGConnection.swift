@@ -166,12 +166,28 @@ public final class PGConnection {
         try send(parameters) { PQsendQueryPrepared(conn, name, $0, $1, nil, nil, 0) }
     }
 
-    /// Parameters as C strings (text format; nil is SQL NULL) for the duration of one libpq call.
+    /// Sends a prepared statement and returns at once; `receive()` waits for its rows. The caller
+    /// can work meanwhile (delete one batch in Redis while Postgres reads the next). Nothing else
+    /// may be sent on this connection until `receive()` has returned or thrown.
+    public func send(prepared name: String, _ parameters: [String?]) throws(PostgresError) {
+        try sendOnly(parameters) { PQsendQueryPrepared(conn, name, $0, $1, nil, nil, 0) }
+    }
+
+    /// The rows of the statement `send(prepared:_:)` sent.
+    public func receive() throws(PostgresError) -> PGRows {
+        try awaitResult(timeoutSeconds: queryTimeoutSeconds)
+    }
+
     private func send(_ parameters: [String?], _ call: (Int32, [UnsafePointer<CChar>?]) -> Int32) throws(PostgresError) -> PGRows {
+        try sendOnly(parameters, call)
+        return try awaitResult(timeoutSeconds: queryTimeoutSeconds)
+    }
+
+    /// Parameters as C strings (text format; nil is SQL NULL) for the duration of one libpq call.
+    private func sendOnly(_ parameters: [String?], _ call: (Int32, [UnsafePointer<CChar>?]) -> Int32) throws(PostgresError) {
         let cStrings: [UnsafeMutablePointer<CChar>?] = parameters.map { $0.map { strdup($0) } ?? nil }
         defer { cStrings.forEach { free($0) } }
         guard call(Int32(parameters.count), cStrings.map { $0.map { UnsafePointer($0) } }) == 1 else { throw lostOrFailed(nil) }
-        return try awaitResult(timeoutSeconds: queryTimeoutSeconds)
     }
 
     /// Waits (with `poll`, bounded by the timeout) until the query sent last has completed, and
