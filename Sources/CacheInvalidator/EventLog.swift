@@ -60,11 +60,31 @@ struct EventLog {
             """, parameterCount: 4)
         // The polling pace: what is new above the cursor, plus ids the cursor passed without
         // seeing them (their transactions had not committed yet, or rolled back), by primary key.
-        try connection.prepare("ci_poll", """
-            SELECT \(columns) FROM cache_invalidation.events e
-            WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND (e.id > $3 OR e.id = ANY($4::int8[]))
-            ORDER BY e.id LIMIT $1
-            """, parameterCount: 4)
+        // Two scans, not one with an OR: with the OR the plan walks the pending index from its
+        // start, through every entry acknowledged since the last vacuum (hundreds of thousands
+        // under load), on every poll; the lag under load then grew by the minute. The outer
+        // LIMIT may cut rows above the cursor; they are above the new cursor too, so the next
+        // poll returns them.
+        let poll = """
+            SELECT * FROM (
+                (SELECT \(columns) FROM cache_invalidation.events e
+                 WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id > $3
+                 ORDER BY e.id LIMIT $1)
+                UNION ALL
+                (SELECT \(columns) FROM cache_invalidation.events e
+                 WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id = ANY($4::int8[]) AND e.id <= $3)
+            ) polled ORDER BY 1 LIMIT $1
+            """
+        try connection.prepare("ci_poll", poll, parameterCount: 4)
+        // The same, acknowledging the previous poll's events (deleted in Redis since): one
+        // statement per poll instead of two. Those ids are at or below the cursor and no longer
+        // among the skipped ones, so the SELECT (which does not see the UPDATE) does not return them.
+        try connection.prepare("ci_ack_poll", """
+            WITH acknowledged AS (
+                UPDATE cache_invalidation.events SET processed_at = clock_timestamp()
+                WHERE id = ANY($5::int8[]) AND processed_at IS NULL)
+            \(poll)
+            """, parameterCount: 5)
         // The fast path: the events notifications named, by primary key. Scanning the pending
         // index instead would walk every entry acknowledged since the last vacuum.
         try connection.prepare("ci_fetch_ids", """
@@ -193,9 +213,13 @@ struct EventLog {
         try connection.execute(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after)])
     }
 
-    /// One poll: pending events above `after`, and those among `skipped` that are pending now.
-    func poll(after: Int64, skipped: [Int64], limit: Int) throws(PostgresError) -> Fetched {
-        Self.decode(try connection.execute(prepared: "ci_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped)]))
+    /// One poll: pending events above `after`, and those among `skipped` that are pending now;
+    /// acknowledges `acknowledging` (the previous poll's events) in the same statement.
+    func poll(after: Int64, skipped: [Int64], limit: Int, acknowledging: [Int64]) throws(PostgresError) -> Fetched {
+        if acknowledging.isEmpty {
+            return Self.decode(try connection.execute(prepared: "ci_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped)]))
+        }
+        return Self.decode(try connection.execute(prepared: "ci_ack_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped), PostgresArray.integers(acknowledging)]))
     }
 
     /// The named events that are still pending (the fast path after notifications).

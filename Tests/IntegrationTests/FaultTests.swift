@@ -66,6 +66,53 @@ struct FaultTests {
         harness.stopWorker()
     }
 
+    /// Redis stops answering writes in the middle of a multi-batch drain, where the statement
+    /// that acknowledges one batch and reads the next is in flight while the worker deletes the
+    /// batch in between. While Redis hangs, every acknowledged event's key must already be gone
+    /// (an acknowledgement sent ahead of Redis's confirmation would show here); once Redis
+    /// answers again, every key of the backlog.
+    @Test func redisStallsMidDrainAndOnlyConfirmedBatchesAreAcknowledged() throws {
+        let harness = try Harness()
+        let port = try harness.servers.startExtraRedis()
+        defer { harness.servers.stopExtraRedis(port: port) }
+        let redis = try RedisConnection(address: .tcp(host: "127.0.0.1", port: port))
+        let burst = 10_000
+        let keys = (1...burst).map { (telegramID: 700_000 + $0 % 1000, hash: "0xstall\($0)") }
+        let cacheKeys = keys.map { harness.prefix + "tx:\($0.telegramID):\($0.hash)" }
+        for chunk in stride(from: 0, to: burst, by: 1000) {
+            _ = try redis.pipeline(cacheKeys[chunk..<min(chunk + 1000, burst)].map { [Array("SET".utf8), Array($0.utf8), Array("cached".utf8)] })
+        }
+        try harness.sql("""
+            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, status)
+            SELECT 700000 + g % 1000, '0xW', '0xT', 'buy', 'manual', '0xstall' || g, 'confirmed' FROM generate_series(1, \(burst)) g
+            """)
+        harness.startWorker {
+            $0.redis = try! RedisEndpoint.parse("redis://127.0.0.1:\(port)/0")
+            $0.batchSize = 25
+            $0.redisTimeoutMilliseconds = 300
+        }
+        let acknowledged = "SELECT payload->>'telegram_id', payload->>'tx_hash' FROM cache_invalidation.events WHERE processed_at IS NOT NULL AND payload->>'tx_hash' LIKE '0xstall%'"
+        let deadline = Date().addingTimeInterval(20)
+        while try harness.sql(acknowledged).rows.count < 500 && Date() < deadline { usleep(1_000) }
+
+        // Reads (EXISTS) are still served during a WRITE pause; UNLINK waits.
+        #expect(try redis.command(["CLIENT", "PAUSE", "4000", "WRITE"].map { Array($0.utf8) }) == .status("OK"))
+        usleep(1_500_000)
+        let rows = try harness.sql(acknowledged).rows
+        #expect(rows.count > 0 && rows.count < burst, "the stall landed during the drain (\(rows.count) of \(burst) acknowledged)")
+        let ackedKeys = rows.map { harness.prefix + "tx:\($0[0] ?? ""):\($0[1] ?? "")" }
+        let replies = try redis.pipeline(ackedKeys.map { [Array("EXISTS".utf8), Array($0.utf8)] })
+        let stillCached = zip(ackedKeys, replies).filter { $0.1 != .integer(0) }.map(\.0)
+        #expect(stillCached.isEmpty, "acknowledged before Redis confirmed: \(stillCached.prefix(5)) (\(stillCached.count))")
+        #expect(try harness.sql(acknowledged).rows.count == rows.count, "nothing is acknowledged while Redis hangs")
+
+        _ = try redis.command(["CLIENT", "UNPAUSE"].map { Array($0.utf8) })
+        try harness.waitUntilProcessed(timeout: 60)
+        let left = try redis.pipeline(cacheKeys.map { [Array("EXISTS".utf8), Array($0.utf8)] }).filter { $0 != .integer(0) }.count
+        #expect(left == 0, "\(left) of \(burst) keys never deleted")
+        harness.stopWorker()
+    }
+
     /// `pg_ctl restart -m fast` under the worker and the bot: the worker reconnects, LISTENs
     /// again and drains; every write that committed has its key deleted.
     @Test func postgresRestartedFast() throws {
