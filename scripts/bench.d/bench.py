@@ -41,7 +41,9 @@ DRAIN_CHUNK = int(ENV["DRAIN_CHUNK"])
 SOAK_SECONDS = int(ENV["SOAK_SECONDS"])
 SOAK_RATE = int(ENV["SOAK_RATE"])
 SOAK_SAMPLE = int(ENV["SOAK_SAMPLE_SECONDS"])
-SKIP = {name: ENV.get("SKIP_" + name) == "1" for name in ("LAG", "BACKGROUND", "WRITE", "DRAIN")}
+SKIP = {name: ENV.get("SKIP_" + name) == "1" for name in ("LAG", "BACKGROUND", "WRITE", "ROW_ONLY", "DRAIN")}
+# W, "worker polling" (migrations/0003_quiet_notify.up.sql): held, writers skip their NOTIFY.
+POLLING_LOCK_KEY = 0x6361636865696E76 + 2
 MISS_SECONDS = 5.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PERCENTILES = [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999)]
@@ -409,7 +411,7 @@ class Bench:
     def __init__(self):
         self.conn = connect()
         self.worker = Worker()
-        self.results = {"meta": self.meta(), "lag": {}, "write_path": {}, "drain": {}, "soak": None}
+        self.results = {"meta": self.meta(), "lag": {}, "write_path": {}, "write_path_row_only": {}, "drain": {}, "soak": None}
         self.samples = {}
 
     def meta(self):
@@ -511,40 +513,65 @@ class Bench:
                     for k in worker["lag_ms"]}
 
     # ------------------------------------------------------------ write path
+    def compare_with_base(self, phase, variant, base_conn, after_run=None):
+        """pgbench on the bot schema only (0001) and on `variant` (every migration), PGBENCH_REPEATS
+        runs each interleaved ABBA so drift cancels out, for each of CLIENTS. Stores
+        {clients: {tps_without_invalidation, tps_<variant>, ratio, runs}} in results[phase]."""
+        label = phase.replace("_", " ")
+        for clients in CLIENTS:
+            runs = {"without_invalidation": [], variant: []}
+            order = []
+            for r in range(PGBENCH_REPEATS):
+                pair = [("without_invalidation", BASE_DB, base_conn), (variant, DB, self.conn)]
+                order += pair if r % 2 == 0 else pair[::-1]
+            for i, (name, url, conn) in enumerate(order):
+                conn.execute("CHECKPOINT")
+                say(f"{label}: {clients} clients, {name.replace('_', ' ')}, {PGBENCH_SECONDS} s")
+                proc, log = pgbench(url, clients, PGBENCH_SECONDS, label=f"pgbench-{phase.replace('_', '-')}-{clients}c-{i + 1}-{name}")
+                runs[name].append(pgbench_result(proc, log, PGBENCH_SECONDS + 60))
+                runs[name][-1]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+                say(f"{label}: {clients} clients, {name.replace('_', ' ')}: {runs[name][-1]['tps']:.0f} tps")
+                if name == variant and after_run:
+                    after_run()
+            base = sum(r["tps"] for r in runs["without_invalidation"]) / len(runs["without_invalidation"])
+            other = sum(r["tps"] for r in runs[variant]) / len(runs[variant])
+            self.results[phase][str(clients)] = {
+                "clients": clients,
+                "tps_without_invalidation": round(base, 1),
+                f"tps_{variant}": round(other, 1),
+                "ratio": round(other / base, 3),
+                "runs": runs,
+            }
+            say(f"{label}: {clients} clients: ratio {other / base:.3f} ({other:.0f} / {base:.0f} tps)")
+
     def write_path(self):
         self.ensure_worker("write-path")
         base_conn = connect(BASE_DB)
         meter = Meter(self.worker, self.conn)
         try:
-            for clients in CLIENTS:
-                runs = {"without_invalidation": [], "with_invalidation": []}
-                order = []
-                for r in range(PGBENCH_REPEATS):
-                    pair = [("without_invalidation", BASE_DB, base_conn), ("with_invalidation", DB, self.conn)]
-                    order += pair if r % 2 == 0 else pair[::-1]  # ABBA: drift cancels out
-                for i, (variant, url, conn) in enumerate(order):
-                    conn.execute("CHECKPOINT")
-                    say(f"write path: {clients} clients, {variant.replace('_', ' ')}, {PGBENCH_SECONDS} s")
-                    proc, log = pgbench(url, clients, PGBENCH_SECONDS, label=f"pgbench-write-{clients}c-{i + 1}-{variant}")
-                    runs[variant].append(pgbench_result(proc, log, PGBENCH_SECONDS + 60))
-                    runs[variant][-1]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
-                    say(f"write path: {clients} clients, {variant.replace('_', ' ')}: {runs[variant][-1]['tps']:.0f} tps")
-                    if variant == "with_invalidation":
-                        wait_drained(self.conn)
-                base = sum(r["tps"] for r in runs["without_invalidation"]) / len(runs["without_invalidation"])
-                inv = sum(r["tps"] for r in runs["with_invalidation"]) / len(runs["with_invalidation"])
-                self.results["write_path"][str(clients)] = {
-                    "clients": clients,
-                    "tps_without_invalidation": round(base, 1),
-                    "tps_with_invalidation": round(inv, 1),
-                    "ratio": round(inv / base, 3),
-                    "runs": runs,
-                }
-                say(f"write path: {clients} clients: ratio {inv / base:.3f} ({inv:.0f} / {base:.0f} tps)")
+            self.compare_with_base("write_path", "with_invalidation", base_conn, after_run=lambda: wait_drained(self.conn))
         finally:
             base_conn.close()
         wait_drained(self.conn)
         self.results["write_path"]["worker"] = meter.finish()
+
+    # ------------------------------------------------------------ event row only
+    def write_path_row_only(self):
+        """What the event row alone costs the bot: all migrations, no worker, and W held by an
+        idle session, so every writer skips its NOTIFY and nothing acknowledges. The difference
+        to the write-path phase is what the worker's own work (polls, acknowledgements, Redis)
+        costs the bot on the same machine."""
+        self.stop_worker()
+        base_conn = connect(BASE_DB)
+        hold = connect()
+        hold.execute("SELECT pg_advisory_lock(%s)", (POLLING_LOCK_KEY,))
+        try:
+            self.compare_with_base("write_path_row_only", "event_row_only", base_conn)
+        finally:
+            hold.close()
+            base_conn.close()
+        # The rows written meanwhile are a backlog: drained before the next phase measures anything.
+        self.ensure_worker("write-path-row-only-drain")
 
     # ------------------------------------------------------------ drain
     def drain(self, size):
@@ -658,6 +685,8 @@ class Bench:
                 self.lag()
             if not SKIP["WRITE"]:
                 self.write_path()
+            if not SKIP["ROW_ONLY"]:
+                self.write_path_row_only()
             if not SKIP["DRAIN"]:
                 for size in DRAIN_SIZES:
                     self.drain(size)
@@ -739,13 +768,16 @@ def table(res):
                              f"{fmt(q['p99.9'], 2):>8} {fmt(q['max'], 2):>8}")
         lines.append("")
     wp = res["write_path"]
-    if wp:
+    if wp or res["write_path_row_only"]:
         lines.append(f"Bot write throughput (pgbench, 1 settled-trade INSERT per transaction, {PGBENCH_SECONDS} s x {PGBENCH_REPEATS} runs, worker running)")
         lines.append(f"{'clients':>7} {'0001 only':>10} {'all migrations':>15} {'ratio':>7}")
         for clients, r in wp.items():
             if clients == "worker":
                 continue
             lines.append(f"{clients:>7} {r['tps_without_invalidation']:>10.0f} {r['tps_with_invalidation']:>15.0f} {r['ratio']:>7.3f}")
+        for clients, r in res["write_path_row_only"].items():
+            lines.append(f"{clients:>7} {r['tps_without_invalidation']:>10.0f} {r['tps_event_row_only']:>15.0f} {r['ratio']:>7.3f}"
+                         "  event row only: no worker, every NOTIFY skipped")
         w = wp.get("worker")
         if w:
             lines.append(f"worker over the phase: {w['events']} events, CPU {fmt(w['cpu_seconds_per_1000_events'])} s per 1000 events, "
