@@ -148,3 +148,24 @@ struct RedisGlobTests {
         #expect(RedisGlob.matches(pattern, string) == expected)
     }
 }
+
+@Suite("InvalidationPlan de-duplication")
+struct PlanDeduplicationTests {
+    @Test func keysAreDeduplicatedByBytesNotByCanonicalEquivalence() {
+        var plan = InvalidationPlan()
+        plan.reserveCapacity(keys: 4)
+        plan.add(key: "p:caf\u{E9}")
+        plan.add(key: "p:cafe\u{301}")
+        plan.add(key: "p:caf\u{E9}")
+        plan.add(keyBytes: Array("p:cafe\u{301}".utf8))
+        #expect(plan.keyBytes == [Array("p:caf\u{E9}".utf8), Array("p:cafe\u{301}".utf8)])
+        #expect(plan.keys.map { Array($0.utf8) } == plan.keyBytes)
+    }
+
+    @Test func keysThatShareAPrefixStayDistinct() {
+        // Hashing the bytes in one call must not confuse a key with its own prefix.
+        var plan = InvalidationPlan()
+        for key in ["p:1", "p:12", "p:1", "p:", "p:12"] { plan.add(key: key) }
+        #expect(plan.keys == ["p:1", "p:12", "p:"])
+    }
+}
