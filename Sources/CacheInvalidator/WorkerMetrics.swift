@@ -30,19 +30,17 @@ public final class WorkerMetrics: Sendable {
     public init(version: String) {
         let p = Self.prefix
         let registry = self.registry
-        lag = registry.makeValueHistogram(name: p + "lag_seconds", buckets: Self.lagBuckets,
-                                          help: "Commit (or trigger write, without track_commit_timestamp) to Redis confirming the deletion, per event")
-        batchEvents = registry.makeValueHistogram(name: p + "batch_events", buckets: Self.batchBuckets,
-                                                  help: "Events per batch (one pipelined deletion round trip)")
+        lag = registry.makeValueHistogram(descriptor: Self.describe(p + "lag_seconds", "Commit (or trigger write, without track_commit_timestamp) to Redis confirming the deletion, per event"), buckets: Self.lagBuckets)
+        batchEvents = registry.makeValueHistogram(descriptor: Self.describe(p + "batch_events", "Events per batch (one pipelined deletion round trip)"), buckets: Self.batchBuckets)
         var events: [String: Counter] = [:], keys: [String: Counter] = [:]
         for kind in EventKind.allNames {
-            events[kind] = registry.makeCounter(name: p + "events_total", labels: [("kind", kind)], help: "Events invalidated and acknowledged, by event kind")
-            keys[kind] = registry.makeCounter(name: p + "keys_total", labels: [("kind", kind)], help: "Keys sent to Redis for deletion, by event kind (before de-duplication within a batch)")
+            events[kind] = registry.makeCounter(descriptor: Self.describe(p + "events_total", "Events invalidated and acknowledged, by event kind"), labels: [("kind", kind)])
+            keys[kind] = registry.makeCounter(descriptor: Self.describe(p + "keys_total", "Keys sent to Redis for deletion, by event kind (before de-duplication within a batch)"), labels: [("kind", kind)])
         }
         self.events = events
         self.keys = keys
         func counter(_ name: String, _ help: String, _ read: @escaping @Sendable (WorkerStatistics.Snapshot) -> UInt64) -> (Counter, @Sendable (WorkerStatistics.Snapshot) -> UInt64) {
-            (registry.makeCounter(name: p + name, help: help), read)
+            (registry.makeCounter(descriptor: Self.describe(p + name, help)), read)
         }
         counters = [
             counter("batches_total", "Batches deleted and acknowledged") { $0.batches },
@@ -59,7 +57,7 @@ public final class WorkerMetrics: Sendable {
             counter("takeovers_total", "Times this worker became the active one") { $0.takeovers },
         ]
         func gauge(_ name: String, _ help: String, _ read: @escaping @Sendable (WorkerStatistics.Snapshot) -> Double) -> (Gauge, @Sendable (WorkerStatistics.Snapshot) -> Double) {
-            (registry.makeGauge(name: p + name, help: help), read)
+            (registry.makeGauge(descriptor: Self.describe(p + name, help)), read)
         }
         @Sendable func flag(_ value: Bool) -> Double { value ? 1 : 0 }
         gauges = [
@@ -74,10 +72,10 @@ public final class WorkerMetrics: Sendable {
             gauge("active", "1 if this worker holds the leader lock and does the work, 0 on a standby") { flag($0.active) },
         ]
         func redisCounter(_ name: String, _ help: String, _ read: @escaping @Sendable (RedisInfo) -> Double?) -> (Counter, @Sendable (RedisInfo) -> Double?) {
-            (registry.makeCounter(name: p + "redis_" + name, help: help + " (Redis INFO)"), read)
+            (registry.makeCounter(descriptor: Self.describe(p + "redis_" + name, help + " (Redis INFO)")), read)
         }
         func redisGauge(_ name: String, _ help: String, _ read: @escaping @Sendable (RedisInfo) -> Double?) -> (Gauge, @Sendable (RedisInfo) -> Double?) {
-            (registry.makeGauge(name: p + "redis_" + name, help: help + " (Redis INFO)"), read)
+            (registry.makeGauge(descriptor: Self.describe(p + "redis_" + name, help + " (Redis INFO)")), read)
         }
         redisCounters = [
             redisCounter("keyspace_hits_total", "Successful key lookups in the cache") { $0.keyspaceHits },
@@ -90,7 +88,13 @@ public final class WorkerMetrics: Sendable {
             redisGauge("maxmemory_bytes", "The cache's maxmemory setting, 0 for none") { $0.maxmemoryBytes },
             redisGauge("connected_clients", "Clients connected to the cache") { $0.connectedClients },
         ]
-        registry.makeGauge(name: p + "build_info", labels: [("version", version)], help: "Always 1; the version label tells which build runs").set(to: 1.0)
+        registry.makeGauge(descriptor: Self.describe(p + "build_info", "Always 1; the version label tells which build runs"), labels: [("version", version)]).set(to: 1.0)
+    }
+
+    /// The full name (our prefix included) as the descriptor's metric name: no unit part is
+    /// appended, so the exposed names are exactly the ones the README and the alerts use.
+    private static func describe(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
     }
 
     func observe(lagNanoseconds: Int64) {
