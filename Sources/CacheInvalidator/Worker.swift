@@ -19,6 +19,8 @@ import Synchronization
 /// worker's session, so a standby takes over as soon as Postgres notices it is gone.
 final class Worker {
     private let config: WorkerConfiguration
+    /// `kind` column values whose events delete by pattern (see drainPass).
+    private let patternKindNames: Set<String>
     private let logger: Logger
     private let statistics: WorkerStatistics
     private let wake: WakeSignal
@@ -99,6 +101,7 @@ final class Worker {
 
     init(config: WorkerConfiguration, logger: Logger, statistics: WorkerStatistics, wake: WakeSignal, stopRequested: StopFlag, metrics: WorkerMetrics? = nil) {
         self.config = config
+        self.patternKindNames = Set(config.rules.kindsWithPatterns.map(\.rawValue))
         self.metrics = metrics
         self.logger = logger
         self.statistics = statistics
@@ -440,7 +443,8 @@ final class Worker {
     /// and reads the next one is sent, and only then is this batch decoded and deleted. So
     /// Postgres's half of a batch (an UPDATE of the acknowledged rows and an index scan) overlaps
     /// the worker's and Redis's half. An event is still acknowledged only after Redis confirmed
-    /// it, and only one statement is ever in flight on the connection.
+    /// it, and only one statement is ever in flight on the connection. Batches that delete by
+    /// pattern are the exception (see below).
     private func drainPass() -> Bool {
         guard let eventLog else { return false }
         var rows: PGRows
@@ -459,10 +463,16 @@ final class Worker {
         }
         while !stopping {
             let full = rows.rows.count >= config.batchSize
-            // In flight: the acknowledgement of `acknowledging`, and the next batch.
-            var acknowledging: Deleted? = nil
-            if full {
-                let after = rows.rows.last?[0].flatMap { Int64($0) } ?? 0
+            let after = rows.rows.last?[0].flatMap { Int64($0) } ?? 0
+            // A batch that deletes by pattern scans Redis's whole keyspace, for as long as that
+            // takes. With the next statement in flight meanwhile, Postgres would block sending its
+            // rows once the socket buffers are full, statement_timeout would cancel it (and the
+            // acknowledgement in it), and the drain would redo the same batches forever. Such a
+            // batch is deleted first, and then acknowledged with the statement that reads on.
+            let overlap = full && !rows.rows.contains { $0[1].map(patternKindNames.contains) ?? false }
+            // In flight: the acknowledgement of these, and the next batch.
+            var acknowledging: [Deleted] = []
+            if overlap {
                 do {
                     try eventLog.sendFetchPending(after: after, limit: config.batchSize, acknowledging: confirmed?.ids ?? [])
                 } catch {
@@ -470,13 +480,26 @@ final class Worker {
                     postgresFailed(error)
                     return false
                 }
-                acknowledging = confirmed
+                acknowledging = confirmed.map { [$0] } ?? []
                 confirmed = nil
             }
             let fetched = EventLog.decode(rows)
             let deleted = fetched.rowCount > 0 ? delete(fetched) : nil
             if fetched.rowCount == 0 { redisRoundTripSucceeded() }
             if full {
+                if !overlap {
+                    // Redis failed: `confirmed` is acknowledged on the way out (defer).
+                    guard let deleted else { return false }
+                    do {
+                        try eventLog.sendFetchPending(after: after, limit: config.batchSize, acknowledging: (confirmed?.ids ?? []) + deleted.ids)
+                    } catch {
+                        confirmed = nil
+                        postgresFailed(error)
+                        return false
+                    }
+                    acknowledging = [confirmed, deleted].compactMap { $0 }
+                    confirmed = nil
+                }
                 do {
                     rows = try eventLog.receivePending()
                 } catch {
@@ -484,9 +507,11 @@ final class Worker {
                     return false
                 }
                 postgresRoundTripSucceeded()
-                if let done = acknowledging { record(done) }
-                guard let deleted else { return false }
-                confirmed = deleted
+                acknowledging.forEach(record)
+                if overlap {
+                    guard let deleted else { return false }
+                    confirmed = deleted
+                }
                 continue
             }
             // The last, partial batch: acknowledged in one statement with the one before it.

@@ -39,6 +39,10 @@ public enum EventPayload {
                     oversized.insert(name)
                 case .string(let string) where !string.isEmpty:
                     fields[name] = string
+                case .number(let number) where number.utf8.count > maximumFieldBytes:
+                    // jsonb writes 1e100000 out in full: 100,001 digits.
+                    fields.removeValue(forKey: name)
+                    oversized.insert(name)
                 case .number(let number):
                     fields[name] = number
                 case .bool(let bool):

@@ -75,13 +75,9 @@ public struct KeyTemplate: Sendable, Equatable, CustomStringConvertible {
         return name.unicodeScalars.allSatisfy { $0 == "_" || ("a"..."z").contains($0) || ("0"..."9").contains($0) }
     }
 
-    /// Fills the placeholders, or returns nil when any of them is absent from `fields`
-    /// (a rule such as `tx:{telegram_id}:{tx_hash}` applies only when there is a tx_hash).
-    ///
-    /// With `escapingValuesForGlob`, values are escaped so that a `*` in a wallet address
-    /// matches only a literal `*`: a row's content can never widen a pattern deletion.
     /// `render` for exact keys, appending the key's bytes to `key` (the prefix already in it)
-    /// without an intermediate String: this runs for every key of every event.
+    /// without an intermediate String: this runs for every key of every event. False (and `key`
+    /// partly written) when a placeholder is absent.
     public func render(_ fields: [String: String], appendingTo key: inout [UInt8]) -> Bool {
         for segment in segments {
             switch segment {
@@ -95,6 +91,11 @@ public struct KeyTemplate: Sendable, Equatable, CustomStringConvertible {
         return true
     }
 
+    /// Fills the placeholders, or returns nil when any of them is absent from `fields`
+    /// (a rule such as `tx:{telegram_id}:{tx_hash}` applies only when there is a tx_hash).
+    ///
+    /// With `escapingValuesForGlob`, values are escaped so that a `*` in a wallet address
+    /// matches only a literal `*`: a row's content can never widen a pattern deletion.
     public func render(_ fields: [String: String], escapingValuesForGlob: Bool = false) -> String? {
         var out = ""
         for segment in segments {

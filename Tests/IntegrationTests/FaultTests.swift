@@ -113,6 +113,36 @@ struct FaultTests {
         harness.stopWorker()
     }
 
+    /// Batches with pattern deletions (a SCAN of the whole keyspace, however long it takes) are
+    /// not overlapped with the next statement; a drain mixing them with exact-key batches still
+    /// deletes everything and processes each event once.
+    @Test func drainMixingPatternAndExactKeyBatches() throws {
+        let harness = try Harness()
+        let wallets = 120, trades = 300
+        var keys: [String] = []
+        for i in 0..<wallets { keys += ["temp_sell_data:\(800_000 + i):\(i)", "wallet_balance:0xdel\(i)"] }
+        for i in 0..<trades { keys.append("tx:\(810_000 + i % 50):0xmix\(i)") }
+        try harness.sql("""
+            INSERT INTO wallets (telegram_id, address) SELECT 800000 + g, '0xdel' || g FROM generate_series(0, \(wallets - 1)) g
+            """)
+        try harness.seed(keys)
+        try harness.sql("""
+            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, status)
+            SELECT 810000 + g % 50, '0xW', '0xT', 'buy', 'manual', '0xmix' || g, 'confirmed' FROM generate_series(0, \(trades / 2 - 1)) g
+            """)
+        try harness.sql("DELETE FROM wallets WHERE address LIKE '0xdel%'")
+        try harness.sql("""
+            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, status)
+            SELECT 810000 + g % 50, '0xW', '0xT', 'buy', 'manual', '0xmix' || g, 'confirmed' FROM generate_series(\(trades / 2), \(trades - 1)) g
+            """)
+        let events = try harness.eventCount
+        harness.startWorker { $0.batchSize = 40 }
+        try harness.waitUntilProcessed()
+        try harness.waitFor("every event recorded once") { $0.eventsProcessed == UInt64(events) }
+        #expect(try harness.deleted(among: keys).count == keys.count)
+        harness.stopWorker()
+    }
+
     /// `pg_ctl restart -m fast` under the worker and the bot: the worker reconnects, LISTENs
     /// again and drains; every write that committed has its key deleted.
     @Test func postgresRestartedFast() throws {

@@ -149,6 +149,14 @@ struct FlatJSONTests {
         #expect(try EventPayload.decode(#"{"a": 1.50, "b": 1e3, "c": -0}"#) == ["a": "1.50", "b": "1e3", "c": "-0"])
     }
 
+    @Test func anOversizedNumberIsDroppedAndReportedLikeAnOversizedString() throws {
+        // '{"a": 1e100000}'::jsonb::text is the number written out: 100,001 digits.
+        let digits = "1" + String(repeating: "0", count: EventPayload.maximumFieldBytes)
+        let decoded = try EventPayload.decodeReportingOversized(#"{"telegram_id": "7", "a": "# + digits + "}")
+        #expect(decoded.fields == ["telegram_id": "7"])
+        #expect(decoded.oversized == ["a"])
+    }
+
     @Test func aRepeatedNameKeepsTheLastValue() throws {
         #expect(try EventPayload.decode(#"{"a": "1", "a": "2"}"#) == ["a": "2"])
         #expect(try EventPayload.decode(#"{"a": "1", "a": null}"#) == [:])
