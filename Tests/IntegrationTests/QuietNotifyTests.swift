@@ -8,13 +8,20 @@ import Testing
 /// commits cluster-wide); nothing slips between polling and being notified again.
 @Suite("Quiet notify: polling under load")
 struct QuietNotifyTests {
-    @Test func underLoadTheWorkerPollsAndWritersStopNotifying() throws {
+    /// A worker that polls from 5 events per window on, and two bots writing 600 settled trades/s
+    /// each, started and past `commits` each.
+    static func pollingUnderLoad(tag: String, commits: Int) throws -> (Harness, [BotStream]) {
         let harness = try Harness()
         harness.startWorker { $0.pollingEntryEvents = 5 }
         try harness.waitFor("connected") { $0.active && $0.redisUp }
-        let bots = (0..<2).map { BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "quiet\($0)_", perSecond: 600) }
+        let bots = (0..<2).map { BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "\(tag)\($0)_", perSecond: 600) }
         bots.forEach { $0.start() }
-        bots.forEach { $0.waitForCommits(1200) }
+        bots.forEach { $0.waitForCommits(commits) }
+        return (harness, bots)
+    }
+
+    @Test func underLoadTheWorkerPollsAndWritersStopNotifying() throws {
+        let (harness, bots) = try Self.pollingUnderLoad(tag: "quiet", commits: 1200)
         bots.forEach { $0.stop() }
         try harness.waitUntilProcessed()
         let events = try harness.eventCount
@@ -38,12 +45,7 @@ struct QuietNotifyTests {
     /// middle of it acknowledges the last poll's events before the worker exits: no event is left
     /// deleted but pending, to be redone (a needless second deletion) by the next worker.
     @Test func aGracefulStopWhilePollingAcknowledgesTheLastPoll() throws {
-        let harness = try Harness()
-        harness.startWorker { $0.pollingEntryEvents = 5 }
-        try harness.waitFor("connected") { $0.active && $0.redisUp }
-        let bots = (0..<2).map { BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "stop\($0)_", perSecond: 600) }
-        bots.forEach { $0.start() }
-        bots.forEach { $0.waitForCommits(300) }
+        let (harness, bots) = try Self.pollingUnderLoad(tag: "stop", commits: 300)
         try harness.waitFor("polling") { $0.polling && $0.eventsProcessed > 200 }
         harness.stopWorker()
         bots.forEach { $0.stop() }
