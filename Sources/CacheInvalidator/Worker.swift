@@ -52,23 +52,29 @@ final class Worker {
     /// no writer that skipped its NOTIFY is still open, then reads the whole pending log once and
     /// is notified again. See migrations/0003_quiet_notify.up.sql for why nothing slips between.
     private enum Pace: String { case notified, polling, settling }
-    private var pace = Pace.notified
     private var quietNotify = false
-    private var pollCursor: Int64 = 0
-    /// Ids the polling cursor passed without seeing them, and when: a transaction that took its
-    /// id early and commits late (several writers commit out of id order). Asked for by primary
-    /// key on every poll, so they wait one poll interval, not until the next full scan (which
-    /// still covers them, and after which they are forgotten).
-    private var skippedIDs: [Int64: UInt64] = [:]
     static let maximumSkippedIDs = 10_000
-    private var pollFoundEvents = false
-    /// When the polling pace reads the log next.
-    private var nextPollAt: UInt64 = 0
-    /// The last poll's events: deleted in Redis, acknowledged with the next poll.
-    private var polledUnacknowledged: Deleted? = nil
     private var highestProcessedID: Int64 = 0
-    private var lastNewEventAt: UInt64 = 0
-    private var nextFullScanAt: UInt64 = 0
+
+    /// The polling pace's state. It belongs to one Postgres session (W goes with the session),
+    /// so a lost session starts over from a fresh value: notified, nothing unacknowledged.
+    private struct PollingState {
+        var pace = Pace.notified
+        var cursor: Int64 = 0
+        /// Ids the cursor passed without seeing them, and when: a transaction that took its id
+        /// early and commits late (several writers commit out of id order). Asked for by primary
+        /// key on every poll, so they wait one poll interval, not until the next full scan (which
+        /// still covers them, and after which they are forgotten).
+        var skippedIDs: [Int64: UInt64] = [:]
+        var foundEvents = false
+        /// When the polling pace reads the log next.
+        var nextPollAt: UInt64 = 0
+        /// The last poll's events: deleted in Redis, acknowledged with the next poll.
+        var unacknowledged: Deleted? = nil
+        var lastNewEventAt: UInt64 = 0
+        var nextFullScanAt: UInt64 = 0
+    }
+    private var polling = PollingState()
     private var windowStart: UInt64 = 0
     private var windowEvents = 0
 
@@ -147,14 +153,14 @@ final class Worker {
         eventLog = nil
         invalidator = nil
         active = false
-        pace = .notified
+        polling = PollingState()
         publishState()
     }
 
     /// Connection state as other threads see it (/readyz, /metrics, tests): derived from the
     /// worker's own state once per turn of the loop, so it is never kept in two places.
     private func publishState() {
-        let state = (postgres: postgres != nil, redis: redis != nil, active: active, polling: pace != .notified)
+        let state = (postgres: postgres != nil, redis: redis != nil, active: active, polling: polling.pace != .notified)
         if let published, published == state { return }
         published = state
         statistics.update {
@@ -280,10 +286,9 @@ final class Worker {
         if let postgres, error.code == .connectionLost { abandonedBackendPID = postgres.backendPID }
         eventLog = nil
         active = false
-        // Redone after reconnecting (deletions are idempotent).
-        polledUnacknowledged = nil
-        // Session locks (W) went with the session.
-        pace = .notified
+        // W went with the session; the last poll's unacknowledged events are redone after
+        // reconnecting (deletions are idempotent).
+        polling = PollingState()
         needsDrain = true
         statistics.update { $0.postgresErrors += 1 }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
@@ -532,8 +537,8 @@ final class Worker {
     /// Acknowledges the last poll's events, which Redis confirmed but the next poll has not
     /// acknowledged yet. Returns false if Postgres failed (they are redone after reconnecting).
     private func acknowledgePolled() -> Bool {
-        guard let deleted = polledUnacknowledged else { return true }
-        polledUnacknowledged = nil
+        guard let deleted = polling.unacknowledged else { return true }
+        polling.unacknowledged = nil
         guard acknowledge(deleted.ids) else { return false }
         record(deleted)
         return true
@@ -619,7 +624,7 @@ final class Worker {
         var byKind: [EventKind: UInt64] = [:]
         var slow = 0
         if let last = fetched.events.last { highestProcessedID = max(highestProcessedID, last.id) }
-        if pace == .notified { windowEvents += fetched.events.count }
+        if polling.pace == .notified { windowEvents += fetched.events.count }
         for (index, event) in fetched.events.enumerated() {
             let lag = confirmedAt - event.startMicros * 1000
             interval.record(lagNanoseconds: lag)
@@ -685,7 +690,7 @@ final class Worker {
         guard let eventLog else { return }
         let now = monotonicNanoseconds()
         do {
-            switch pace {
+            switch polling.pace {
             case .notified:
                 // Busy: enough events within one window. Either way a full window starts over.
                 let busy = windowEvents >= config.pollingEntryEvents
@@ -695,11 +700,11 @@ final class Worker {
                 }
                 if busy { try startPolling(eventLog, now: now) }
             case .polling, .settling:
-                guard now >= nextPollAt else { return }
-                pollFoundEvents = false
-                let acknowledged = polledUnacknowledged
-                polledUnacknowledged = nil
-                let fetched = try eventLog.poll(after: pollCursor, skipped: Array(skippedIDs.keys), limit: config.batchSize,
+                guard now >= polling.nextPollAt else { return }
+                polling.foundEvents = false
+                let acknowledged = polling.unacknowledged
+                polling.unacknowledged = nil
+                let fetched = try eventLog.poll(after: polling.cursor, skipped: Array(polling.skippedIDs.keys), limit: config.batchSize,
                                                 acknowledging: acknowledged?.ids ?? [])
                 postgresRoundTripSucceeded()
                 if let acknowledged { record(acknowledged) }
@@ -708,34 +713,34 @@ final class Worker {
                 // round trip: mostly system calls and context switches), but adds ~0.4 ms of lag
                 // and left the bot's throughput under saturating load unchanged (0.5, 1 and 2 ms
                 // tried): lag first.
-                nextPollAt = fetched.rowCount > 0 ? now : now &+ config.pollIntervalNanoseconds
+                polling.nextPollAt = fetched.rowCount > 0 ? now : now &+ config.pollIntervalNanoseconds
                 if fetched.rowCount > 0 {
                     // Acknowledged by the next poll's statement (or before anything else reads
                     // the log: acknowledgePolled).
                     guard let deleted = delete(fetched) else { return }
-                    polledUnacknowledged = deleted
+                    polling.unacknowledged = deleted
                     noteSkipped(fetched, now: now)
-                    lastNewEventAt = now
-                    pollFoundEvents = true
+                    polling.lastNewEventAt = now
+                    polling.foundEvents = true
                 }
-                if now >= nextFullScanAt {
+                if now >= polling.nextFullScanAt {
                     needsDrain = true
-                    nextFullScanAt = now &+ config.pollingFullScanNanoseconds
+                    polling.nextFullScanAt = now &+ config.pollingFullScanNanoseconds
                     // The full scan about to run finds whatever is still skipped.
-                    skippedIDs = skippedIDs.filter { now &- $0.value < config.pollingFullScanNanoseconds }
+                    polling.skippedIDs = polling.skippedIDs.filter { now &- $0.value < config.pollingFullScanNanoseconds }
                 }
-                if pace == .polling && now &- lastNewEventAt > config.pollingExitNanoseconds {
+                if polling.pace == .polling && now &- polling.lastNewEventAt > config.pollingExitNanoseconds {
                     try eventLog.stopPolling()
-                    pace = .settling
+                    polling.pace = .settling
                 }
-                if pace == .settling {
-                    if pollFoundEvents {
+                if polling.pace == .settling {
+                    if polling.foundEvents {
                         // Busy again before it settled.
-                        if try eventLog.startPolling() { pace = .polling }
+                        if try eventLog.startPolling() { polling.pace = .polling }
                     } else if try eventLog.noQuietWriterInFlight() {
                         // Every writer that skipped its NOTIFY has ended: one full read finds
                         // what they committed, and from now on writers notify.
-                        pace = .notified
+                        polling.pace = .notified
                         needsDrain = true
                         windowStart = now
                         windowEvents = 0
@@ -751,28 +756,28 @@ final class Worker {
     /// Moves the cursor past what a poll returned and remembers the ids it jumped over.
     private func noteSkipped(_ fetched: EventLog.Fetched, now: UInt64) {
         var seen = Set<Int64>(minimumCapacity: fetched.rowCount)
-        for event in fetched.events { seen.insert(event.id); skippedIDs.removeValue(forKey: event.id) }
-        for bad in fetched.undecodable { seen.insert(bad.id); skippedIDs.removeValue(forKey: bad.id) }
-        let newCursor = max(pollCursor, fetched.maxID)
+        for event in fetched.events { seen.insert(event.id); polling.skippedIDs.removeValue(forKey: event.id) }
+        for bad in fetched.undecodable { seen.insert(bad.id); polling.skippedIDs.removeValue(forKey: bad.id) }
+        let newCursor = max(polling.cursor, fetched.maxID)
         // A jump wider than the bound (a mass rollback) is left to the full scan.
-        if newCursor > pollCursor && newCursor - pollCursor <= Int64(Self.maximumSkippedIDs) {
-            for id in (pollCursor + 1)...newCursor where !seen.contains(id) && skippedIDs.count < Self.maximumSkippedIDs {
-                skippedIDs[id] = now
+        if newCursor > polling.cursor && newCursor - polling.cursor <= Int64(Self.maximumSkippedIDs) {
+            for id in (polling.cursor + 1)...newCursor where !seen.contains(id) && polling.skippedIDs.count < Self.maximumSkippedIDs {
+                polling.skippedIDs[id] = now
             }
         }
-        pollCursor = newCursor
+        polling.cursor = newCursor
     }
 
     private func startPolling(_ eventLog: EventLog, now: UInt64) throws(PostgresError) {
         // Fails while a notifying writer still holds W shared: stay notified, try again later.
         guard try eventLog.startPolling() else { return }
-        pace = .polling
+        polling.pace = .polling
         // Every event inserted from now on has a higher id than any already processed; those
         // inserted before W was taken were notified.
-        pollCursor = max(pollCursor, highestProcessedID)
-        skippedIDs.removeAll()
-        lastNewEventAt = now
-        nextFullScanAt = now &+ config.pollingFullScanNanoseconds
+        polling.cursor = max(polling.cursor, highestProcessedID)
+        polling.skippedIDs.removeAll()
+        polling.lastNewEventAt = now
+        polling.nextFullScanAt = now &+ config.pollingFullScanNanoseconds
         statistics.update { $0.pollingEntries += 1 }
         if debugEnabled { logger.debug("polling the log: writers skip their NOTIFY") }
     }
@@ -843,7 +848,7 @@ final class Worker {
         var deadline = nextSummaryAt
         if postgres != nil {
             deadline = min(deadline, heartbeatDueAt, active ? nextMaintenanceAt : nextLeadAttemptAt)
-            if active && pace != .notified && redis != nil { deadline = min(deadline, nextPollAt) }
+            if active && polling.pace != .notified && redis != nil { deadline = min(deadline, polling.nextPollAt) }
         } else {
             deadline = min(deadline, postgresPolicy.retryAt)
         }
@@ -898,7 +903,7 @@ final class Worker {
         metadata[LogKey.slowEvents] = "\(slowThisInterval)"
         slowThisInterval = 0
         metadata[LogKey.role] = "\(active ? "active" : (postgres != nil ? "standby" : "none"))"
-        if active && quietNotify { metadata[LogKey.pace] = "\(pace.rawValue)" }
+        if active && quietNotify { metadata[LogKey.pace] = "\(polling.pace.rawValue)" }
         metadata[LogKey.postgres] = "\(postgres != nil ? "up" : "down")"
         metadata[LogKey.redis] = "\(redis != nil ? "up" : "down")"
         logger.info("lag summary", metadata: metadata)
