@@ -10,9 +10,12 @@ import Testing
 struct QuietNotifyTests {
     /// A worker that polls from 5 events per window on, and two bots writing 600 settled trades/s
     /// each, started and past `commits` each.
-    static func pollingUnderLoad(tag: String, commits: Int) throws -> (Harness, [BotStream]) {
+    static func pollingUnderLoad(tag: String, commits: Int, configure: (inout WorkerConfiguration) -> Void = { _ in }) throws -> (Harness, [BotStream]) {
         let harness = try Harness()
-        harness.startWorker { $0.pollingEntryEvents = 5 }
+        harness.startWorker {
+            $0.pollingEntryEvents = 5
+            configure(&$0)
+        }
         try harness.waitFor("connected") { $0.active && $0.redisUp }
         let bots = (0..<2).map { BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "\(tag)\($0)_", perSecond: 600) }
         bots.forEach { $0.start() }
@@ -45,17 +48,36 @@ struct QuietNotifyTests {
     /// middle of it acknowledges the last poll's events before the worker exits: no event is left
     /// deleted but pending, to be redone (a needless second deletion) by the next worker.
     @Test func aGracefulStopWhilePollingAcknowledgesTheLastPoll() throws {
-        let (harness, bots) = try Self.pollingUnderLoad(tag: "stop", commits: 300)
+        // Polls of at most 5 events, so that during the burst below every poll returns rows (an
+        // empty poll would already have acknowledged the one before it); no sweeps, whose drain
+        // would take the burst over (and acknowledge on its own way out).
+        let (harness, bots) = try Self.pollingUnderLoad(tag: "stop", commits: 300) {
+            $0.batchSize = 5
+            $0.pollingFullScanNanoseconds = 600_000_000_000
+            $0.summaryIntervalNanoseconds = 600_000_000_000
+        }
         try harness.waitFor("polling") { $0.polling && $0.eventsProcessed > 200 }
+        // A burst committed while the worker polls: no NOTIFY, worked off 5 events per poll.
+        let burst = 5_000
+        try harness.seed((1...burst).map { "tx:\(820_000 + $0 % 100):0xstopburst\($0)" })
+        try harness.sql("""
+            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, status)
+            SELECT 820000 + g % 100, '0xW', '0xT', 'buy', 'manual', '0xstopburst' || g, 'confirmed' FROM generate_series(1, \(burst)) g
+            """)
+        let burstDone = "SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NOT NULL AND payload->>'tx_hash' LIKE '0xstopburst%'"
+        let deadline = Date().addingTimeInterval(20)
+        while try harness.count(burstDone) < 200 && Date() < deadline { usleep(1_000) }
         harness.stopWorker()
         bots.forEach { $0.stop() }
         #expect(bots.allSatisfy { $0.failures == 0 })
+        let done = try harness.count(burstDone)
+        #expect(done > 0 && done < burst, "the stop landed during the burst (\(done) of \(burst) done)")
         let pending = try harness.sql("""
             SELECT payload->>'telegram_id', payload->>'tx_hash' FROM cache_invalidation.events
             WHERE processed_at IS NULL AND payload->>'tx_hash' LIKE '0xstop%'
             """).rows
         let keys = pending.map { "tx:\($0[0] ?? ""):\($0[1] ?? "")" }
-        #expect(!keys.isEmpty, "the bots wrote on after the stop")
+        #expect(!keys.isEmpty, "events were left for the next worker")
         let deletedButPending = try harness.deleted(among: keys)
         #expect(deletedButPending.isEmpty, "deleted but left unacknowledged at the stop: \(deletedButPending.sorted().prefix(5))")
     }
