@@ -11,7 +11,7 @@ struct EventLog {
     let commitTimestamps: Bool
     private let knownKinds: String
 
-    init(connection: PGConnection, channel: String) throws(PostgresError) {
+    init(connection: PGConnection, channel: String, statementTimeoutMilliseconds: Int = 8000) throws(PostgresError) {
         self.connection = connection
         self.channel = channel
         // Bound every query: a DBA's open transaction holding the event log, or a lock queue
@@ -37,7 +37,7 @@ struct EventLog {
         // scans of the pending index or the primary key, bounded by the parameters. (It applies
         // to the unnamed statements with parameters too: prune is written for it.)
         try connection.execute("""
-            SET statement_timeout = '8s'; SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '60s';
+            SET statement_timeout = \(statementTimeoutMilliseconds); SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '60s';
             SET synchronous_commit = off; SET plan_cache_mode = force_generic_plan;
             SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000
             """)

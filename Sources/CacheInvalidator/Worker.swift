@@ -181,7 +181,7 @@ final class Worker {
     private func connectPostgres() {
         do {
             let connection = try PGConnection(conninfo: config.databaseURL)
-            let log = try EventLog(connection: connection, channel: config.channel)
+            let log = try EventLog(connection: connection, channel: config.channel, statementTimeoutMilliseconds: config.statementTimeoutMilliseconds)
             eventLog = log
             postgresPolicy.opened()
             lastPostgresAnswerAt = monotonicNanoseconds()

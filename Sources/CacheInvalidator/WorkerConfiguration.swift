@@ -45,6 +45,9 @@ public struct WorkerConfiguration: Sendable {
     public var heartbeatIdleNanoseconds: UInt64 = 4_000_000_000
     /// …which must answer within this, or the connection is treated as lost (half-open).
     public var heartbeatTimeoutSeconds: Double = 5
+    /// The worker session's statement_timeout: below the client's 10 s query deadline, so a slow
+    /// statement fails on the server and the connection stays usable. Lowered by tests.
+    public var statementTimeoutMilliseconds: Int = 8000
     /// Polling pace (with migration 0003): entered when notifications bring at least this many
     /// events within `pollingWindowNanoseconds`…
     public var pollingEntryEvents: Int = 40

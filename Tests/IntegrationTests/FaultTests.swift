@@ -143,6 +143,41 @@ struct FaultTests {
         harness.stopWorker()
     }
 
+    /// A batch with pattern deletions scans the whole keyspace, which can take longer than the
+    /// session's statement_timeout. Were the next statement in flight meanwhile (as for other
+    /// batches), PostgreSQL would block sending a large next batch, the timeout would cancel the
+    /// statement, and the drain would redo the same batches forever (this test then times out).
+    /// Here: 2,000,000 other keys make each of 10 SCANs slow, the next batch is ~30 MB, and
+    /// statement_timeout is 1 s.
+    @Test func aSlowPatternBatchIsNotOverlappedWithTheNextStatement() throws {
+        let harness = try Harness()
+        let port = try harness.servers.startExtraRedis(extraArguments: ["--enable-debug-command", "yes"])
+        defer { harness.servers.stopExtraRedis(port: port) }
+        let redis = try RedisConnection(address: .tcp(host: "127.0.0.1", port: port))
+        #expect(try redis.command(["DEBUG", "POPULATE", "2000000", "other"].map { Array($0.utf8) }) == .status("OK"))
+        try harness.sql("INSERT INTO wallets (telegram_id, address) SELECT 830000 + g, '0xslow' || g FROM generate_series(1, 10) g")
+        try harness.sql("DELETE FROM wallets WHERE address LIKE '0xslow%'")
+        // Buy trades whose sell_id (in the payload, in no key) is 60 kB: 500 of them are ~30 MB.
+        let big = 1_200
+        try harness.sql("""
+            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, sell_id, status)
+            SELECT 831000 + g % 10, '0xW', '0xT', 'buy', 'manual', '0xbig' || g, repeat('s', 60000), 'confirmed' FROM generate_series(1, \(big)) g
+            """)
+        let keys = (1...big).map { "tx:\(831_000 + $0 % 10):0xbig\($0)" }
+        for chunk in stride(from: 0, to: big, by: 500) {
+            _ = try redis.pipeline(keys[chunk..<min(chunk + 500, big)].map { [Array("SET".utf8), Array((harness.prefix + $0).utf8), Array("cached".utf8)] })
+        }
+        harness.startWorker {
+            $0.redis = try! RedisEndpoint.parse("redis://127.0.0.1:\(port)/0")
+            $0.batchSize = 500
+            $0.statementTimeoutMilliseconds = 1000
+        }
+        try harness.waitUntilProcessed(timeout: 60)
+        let left = try redis.pipeline(keys.map { [Array("EXISTS".utf8), Array((harness.prefix + $0).utf8)] }).filter { $0 != .integer(0) }.count
+        #expect(left == 0, "\(left) of \(big) keys never deleted")
+        harness.stopWorker()
+    }
+
     /// `pg_ctl restart -m fast` under the worker and the bot: the worker reconnects, LISTENs
     /// again and drains; every write that committed has its key deleted.
     @Test func postgresRestartedFast() throws {
