@@ -34,24 +34,23 @@ public enum EventPayload {
                 if !oversized.isEmpty { oversized.remove(name) }
                 if !nested.isEmpty { nested.remove(name) }
                 switch value {
-                case .string(let string) where string.utf8.count > maximumFieldBytes:
-                    fields.removeValue(forKey: name)
-                    oversized.insert(name)
-                case .string(let string) where !string.isEmpty:
-                    fields[name] = string
-                case .number(let number) where number.utf8.count > maximumFieldBytes:
-                    // jsonb writes 1e100000 out in full: 100,001 digits.
-                    fields.removeValue(forKey: name)
-                    oversized.insert(name)
-                case .number(let number):
-                    fields[name] = number
+                // A number counts as its text (jsonb writes 1e100000 out in full: 100,001 digits).
+                case .string(let text), .number(let text):
+                    if text.utf8.count > maximumFieldBytes {
+                        fields.removeValue(forKey: name)
+                        oversized.insert(name)
+                    } else if text.isEmpty {
+                        fields.removeValue(forKey: name)
+                    } else {
+                        fields[name] = text
+                    }
                 case .bool(let bool):
                     fields[name] = bool ? "true" : "false"
                 case .nested:
                     fields.removeValue(forKey: name)
                     nested.insert(name)
-                case .null, .string:
-                    if !fields.isEmpty { fields.removeValue(forKey: name) }
+                case .null:
+                    fields.removeValue(forKey: name)
                 }
             }
         } catch {

@@ -59,27 +59,41 @@ enum FlatJSON {
                 throw .notAnObject
             }
             index += 1
+            try readElements(close: UInt8(ascii: "}")) { (reader) throws(Failure) in
+                let name = try reader.readName()
+                try member(name, try reader.readValue())
+            }
+            try expectEnd()
+        }
+
+        /// After an opening `[` or `{`: comma-separated elements, each read by `element`, up to
+        /// and including `close`.
+        private mutating func readElements(close: UInt8, _ element: (inout Reader) throws(Failure) -> Void) throws(Failure) {
             skipWhitespace()
-            if peek() == UInt8(ascii: "}") {
+            if peek() == close {
                 index += 1
-                return try expectEnd()
+                return
             }
             while true {
                 skipWhitespace()
-                guard peek() == UInt8(ascii: "\"") else { throw .invalid }
-                let name = try readString()
+                try element(&self)
                 skipWhitespace()
-                guard peek() == UInt8(ascii: ":") else { throw .invalid }
+                let next = peek()
                 index += 1
-                skipWhitespace()
-                try member(name, try readValue())
-                skipWhitespace()
-                switch peek() {
-                case UInt8(ascii: ","): index += 1
-                case UInt8(ascii: "}"): index += 1; return try expectEnd()
-                default: throw .invalid
-                }
+                if next == close { return }
+                guard next == UInt8(ascii: ",") else { throw .invalid }
             }
+        }
+
+        /// A member's `"name" :`, and the whitespace after it.
+        private mutating func readName() throws(Failure) -> String {
+            guard peek() == UInt8(ascii: "\"") else { throw .invalid }
+            let name = try readString()
+            skipWhitespace()
+            guard peek() == UInt8(ascii: ":") else { throw .invalid }
+            index += 1
+            skipWhitespace()
+            return name
         }
 
         private mutating func readValue() throws(Failure) -> Value {
@@ -108,37 +122,12 @@ enum FlatJSON {
             case UInt8(ascii: "n"): try expectLiteral("null")
             case UInt8(ascii: "["):
                 index += 1
-                skipWhitespace()
-                if peek() == UInt8(ascii: "]") { index += 1; return }
-                while true {
-                    skipWhitespace()
-                    try skipValue(depth: depth + 1)
-                    skipWhitespace()
-                    switch peek() {
-                    case UInt8(ascii: ","): index += 1
-                    case UInt8(ascii: "]"): index += 1; return
-                    default: throw .invalid
-                    }
-                }
+                try readElements(close: UInt8(ascii: "]")) { (reader) throws(Failure) in try reader.skipValue(depth: depth + 1) }
             case UInt8(ascii: "{"):
                 index += 1
-                skipWhitespace()
-                if peek() == UInt8(ascii: "}") { index += 1; return }
-                while true {
-                    skipWhitespace()
-                    guard peek() == UInt8(ascii: "\"") else { throw .invalid }
-                    _ = try readString()
-                    skipWhitespace()
-                    guard peek() == UInt8(ascii: ":") else { throw .invalid }
-                    index += 1
-                    skipWhitespace()
-                    try skipValue(depth: depth + 1)
-                    skipWhitespace()
-                    switch peek() {
-                    case UInt8(ascii: ","): index += 1
-                    case UInt8(ascii: "}"): index += 1; return
-                    default: throw .invalid
-                    }
+                try readElements(close: UInt8(ascii: "}")) { (reader) throws(Failure) in
+                    _ = try reader.readName()
+                    try reader.skipValue(depth: depth + 1)
                 }
             default: try skipNumber()
             }

@@ -75,40 +75,32 @@ public struct KeyTemplate: Sendable, Equatable, CustomStringConvertible {
         return name.unicodeScalars.allSatisfy { $0 == "_" || ("a"..."z").contains($0) || ("0"..."9").contains($0) }
     }
 
-    /// `render` for exact keys, appending the key's bytes to `key` (the prefix already in it)
-    /// without an intermediate String: this runs for every key of every event. False (and `key`
-    /// partly written) when a placeholder is absent.
-    public func render(_ fields: [String: String], appendingTo key: inout [UInt8]) -> Bool {
-        for segment in segments {
-            switch segment {
-            case .literal(let text):
-                key.append(contentsOf: text.utf8)
-            case .field(let name):
-                guard let value = fields[name], !value.isEmpty else { return false }
-                key.append(contentsOf: value.utf8)
-            }
-        }
-        return true
-    }
-
     /// Fills the placeholders, or returns nil when any of them is absent from `fields`
     /// (a rule such as `tx:{telegram_id}:{tx_hash}` applies only when there is a tx_hash).
     ///
     /// With `escapingValuesForGlob`, values are escaped so that a `*` in a wallet address
     /// matches only a literal `*`: a row's content can never widen a pattern deletion.
     public func render(_ fields: [String: String], escapingValuesForGlob: Bool = false) -> String? {
-        var out = ""
+        var out: [UInt8] = []
+        guard render(fields, appendingTo: &out, escapingValuesForGlob: escapingValuesForGlob) else { return nil }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// `render`, appending the bytes to `key` (a prefix may already be in it) without an
+    /// intermediate String: exact keys are rendered this way for every key of every event.
+    /// False (and `key` partly written) when a placeholder is absent.
+    public func render(_ fields: [String: String], appendingTo key: inout [UInt8], escapingValuesForGlob: Bool = false) -> Bool {
         for segment in segments {
             switch segment {
             case .literal(let text):
-                out += text
+                key.append(contentsOf: text.utf8)
             case .field(let name):
                 // Absent and empty mean the same: `tx:42:` is no key the bot ever wrote.
-                guard let value = fields[name], !value.isEmpty else { return nil }
-                out += escapingValuesForGlob ? GlobPattern.escape(value) : value
+                guard let value = fields[name], !value.isEmpty else { return false }
+                key.append(contentsOf: (escapingValuesForGlob ? GlobPattern.escape(value) : value).utf8)
             }
         }
-        return out
+        return true
     }
 }
 
