@@ -50,18 +50,17 @@ struct EventLog {
         // can hold the fast path back. Unknown kinds (from a newer migration) stay pending for a
         // newer worker instead of being dropped. The cursor ($3) only moves forward within one
         // drain pass, so a large backlog is not rescanned from its start for every batch.
+        //
+        // Each batch acknowledges the previous one ($4, empty for the first) in the same
+        // statement. The SELECT does not see the UPDATE (one snapshot), and needs not: those ids
+        // are all at or below the cursor.
+        //
+        // The acknowledgement, of the ids in parameter $n; only after Redis confirmed them.
+        func acknowledging(_ n: Int) -> String {
+            "UPDATE cache_invalidation.events SET processed_at = clock_timestamp() WHERE id = ANY($\(n)::int8[]) AND processed_at IS NULL"
+        }
         try connection.prepare("ci_fetch_pending", """
-            SELECT \(columns) FROM cache_invalidation.events e
-            WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id > $3
-            ORDER BY e.id LIMIT $1
-            """, parameterCount: 3)
-        // The same, acknowledging the previous batch of the drain in the same statement. The
-        // SELECT does not see the UPDATE (one snapshot), and needs not: those ids are all at or
-        // below the cursor.
-        try connection.prepare("ci_ack_fetch_pending", """
-            WITH acknowledged AS (
-                UPDATE cache_invalidation.events SET processed_at = clock_timestamp()
-                WHERE id = ANY($4::int8[]) AND processed_at IS NULL)
+            WITH acknowledged AS (\(acknowledging(4)))
             SELECT \(columns) FROM cache_invalidation.events e
             WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id > $3
             ORDER BY e.id LIMIT $1
@@ -73,7 +72,12 @@ struct EventLog {
         // under load), on every poll; the lag under load then grew by the minute. The outer
         // LIMIT may cut rows above the cursor; they are above the new cursor too, so the next
         // poll returns them.
-        let poll = """
+        //
+        // Each poll acknowledges the previous poll's events ($5, deleted in Redis since; empty if
+        // there were none). Those ids are at or below the cursor and no longer among the skipped
+        // ones, so the SELECT (which does not see the UPDATE) does not return them.
+        try connection.prepare("ci_poll", """
+            WITH acknowledged AS (\(acknowledging(5)))
             SELECT * FROM (
                 (SELECT \(columns) FROM cache_invalidation.events e
                  WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id > $3
@@ -82,16 +86,6 @@ struct EventLog {
                 (SELECT \(columns) FROM cache_invalidation.events e
                  WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id = ANY($4::int8[]) AND e.id <= $3)
             ) polled ORDER BY 1 LIMIT $1
-            """
-        try connection.prepare("ci_poll", poll, parameterCount: 4)
-        // The same, acknowledging the previous poll's events (deleted in Redis since): one
-        // statement per poll instead of two. Those ids are at or below the cursor and no longer
-        // among the skipped ones, so the SELECT (which does not see the UPDATE) does not return them.
-        try connection.prepare("ci_ack_poll", """
-            WITH acknowledged AS (
-                UPDATE cache_invalidation.events SET processed_at = clock_timestamp()
-                WHERE id = ANY($5::int8[]) AND processed_at IS NULL)
-            \(poll)
             """, parameterCount: 5)
         // The fast path: the events notifications named, by primary key. Scanning the pending
         // index instead would walk every entry acknowledged since the last vacuum.
@@ -100,10 +94,7 @@ struct EventLog {
             WHERE e.id = ANY($1::int8[]) AND e.processed_at IS NULL AND e.kind = ANY($2::text[])
             ORDER BY e.id
             """, parameterCount: 2)
-        try connection.prepare("ci_ack", """
-            UPDATE cache_invalidation.events SET processed_at = clock_timestamp()
-            WHERE id = ANY($1::int8[]) AND processed_at IS NULL
-            """, parameterCount: 1)
+        try connection.prepare("ci_ack", acknowledging(1), parameterCount: 1)
         self.knownKinds = PostgresArray.text(EventKind.allNames)
     }
 
@@ -207,7 +198,7 @@ struct EventLog {
     /// once, so the worker deletes the previous batch in Redis while Postgres reads this one.
     /// `receivePending()` collects the rows; nothing else may use the connection in between.
     func sendFetchPending(after: Int64, limit: Int, acknowledging: [Int64]) throws(PostgresError) {
-        try connection.send(prepared: "ci_ack_fetch_pending", [String(limit), knownKinds, String(after), PostgresArray.integers(acknowledging)])
+        try connection.send(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after), PostgresArray.integers(acknowledging)])
     }
 
     /// The rows `sendFetchPending` asked for, undecoded (`decode` them; the last row has the
@@ -216,18 +207,10 @@ struct EventLog {
         try connection.receive()
     }
 
-    /// The first batch of a drain pass, undecoded.
-    func fetchPendingRows(after: Int64, limit: Int) throws(PostgresError) -> PGRows {
-        try connection.execute(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after)])
-    }
-
     /// One poll: pending events above `after`, and those among `skipped` that are pending now;
     /// acknowledges `acknowledging` (the previous poll's events) in the same statement.
     func poll(after: Int64, skipped: [Int64], limit: Int, acknowledging: [Int64]) throws(PostgresError) -> Fetched {
-        if acknowledging.isEmpty {
-            return Self.decode(try connection.execute(prepared: "ci_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped)]))
-        }
-        return Self.decode(try connection.execute(prepared: "ci_ack_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped), PostgresArray.integers(acknowledging)]))
+        Self.decode(try connection.execute(prepared: "ci_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped), PostgresArray.integers(acknowledging)]))
     }
 
     /// The named events that are still pending (the fast path after notifications).

@@ -66,7 +66,6 @@ final class Worker {
         /// key on every poll, so they wait one poll interval, not until the next full scan (which
         /// still covers them, and after which they are forgotten).
         var skippedIDs: [Int64: UInt64] = [:]
-        var foundEvents = false
         /// When the polling pace reads the log next.
         var nextPollAt: UInt64 = 0
         /// The last poll's events: deleted in Redis, acknowledged with the next poll.
@@ -452,9 +451,20 @@ final class Worker {
     /// pattern are the exception (see below).
     private func drainPass() -> Bool {
         guard let eventLog else { return false }
+        /// Sends the statement that acknowledges `batches` and reads the batch after `after`.
+        func sendNext(after: Int64, acknowledging batches: [Deleted]) -> Bool {
+            do {
+                try eventLog.sendFetchPending(after: after, limit: config.batchSize, acknowledging: batches.flatMap(\.ids))
+                return true
+            } catch {
+                postgresFailed(error)
+                return false
+            }
+        }
         var rows: PGRows
         do {
-            rows = try eventLog.fetchPendingRows(after: 0, limit: config.batchSize)
+            try eventLog.sendFetchPending(after: 0, limit: config.batchSize, acknowledging: [])
+            rows = try eventLog.receivePending()
         } catch {
             postgresFailed(error)
             return false
@@ -478,15 +488,9 @@ final class Worker {
             // In flight: the acknowledgement of these, and the next batch.
             var acknowledging: [Deleted] = []
             if overlap {
-                do {
-                    try eventLog.sendFetchPending(after: after, limit: config.batchSize, acknowledging: confirmed?.ids ?? [])
-                } catch {
-                    confirmed = nil
-                    postgresFailed(error)
-                    return false
-                }
                 acknowledging = confirmed.map { [$0] } ?? []
                 confirmed = nil
+                guard sendNext(after: after, acknowledging: acknowledging) else { return false }
             }
             let fetched = EventLog.decode(rows)
             let deleted = fetched.rowCount > 0 ? delete(fetched) : nil
@@ -495,15 +499,9 @@ final class Worker {
                 if !overlap {
                     // Redis failed: `confirmed` is acknowledged on the way out (defer).
                     guard let deleted else { return false }
-                    do {
-                        try eventLog.sendFetchPending(after: after, limit: config.batchSize, acknowledging: (confirmed?.ids ?? []) + deleted.ids)
-                    } catch {
-                        confirmed = nil
-                        postgresFailed(error)
-                        return false
-                    }
                     acknowledging = [confirmed, deleted].compactMap { $0 }
                     confirmed = nil
+                    guard sendNext(after: after, acknowledging: acknowledging) else { return false }
                 }
                 do {
                     rows = try eventLog.receivePending()
@@ -701,7 +699,6 @@ final class Worker {
                 if busy { try startPolling(eventLog, now: now) }
             case .polling, .settling:
                 guard now >= polling.nextPollAt else { return }
-                polling.foundEvents = false
                 let acknowledged = polling.unacknowledged
                 polling.unacknowledged = nil
                 let fetched = try eventLog.poll(after: polling.cursor, skipped: Array(polling.skippedIDs.keys), limit: config.batchSize,
@@ -713,15 +710,15 @@ final class Worker {
                 // round trip: mostly system calls and context switches), but adds ~0.4 ms of lag
                 // and left the bot's throughput under saturating load unchanged (0.5, 1 and 2 ms
                 // tried): lag first.
-                polling.nextPollAt = fetched.rowCount > 0 ? now : now &+ config.pollIntervalNanoseconds
-                if fetched.rowCount > 0 {
+                let found = fetched.rowCount > 0
+                polling.nextPollAt = found ? now : now &+ config.pollIntervalNanoseconds
+                if found {
                     // Acknowledged by the next poll's statement (or before anything else reads
                     // the log: acknowledgePolled).
                     guard let deleted = delete(fetched) else { return }
                     polling.unacknowledged = deleted
                     noteSkipped(fetched, now: now)
                     polling.lastNewEventAt = now
-                    polling.foundEvents = true
                 }
                 if now >= polling.nextFullScanAt {
                     needsDrain = true
@@ -734,7 +731,7 @@ final class Worker {
                     polling.pace = .settling
                 }
                 if polling.pace == .settling {
-                    if polling.foundEvents {
+                    if found {
                         // Busy again before it settled.
                         if try eventLog.startPolling() { polling.pace = .polling }
                     } else if try eventLog.noQuietWriterInFlight() {
