@@ -77,23 +77,14 @@ struct FaultTests {
         defer { harness.servers.stopExtraRedis(port: port) }
         let redis = try RedisConnection(address: .tcp(host: "127.0.0.1", port: port))
         let burst = 10_000
-        let keys = (1...burst).map { (telegramID: 700_000 + $0 % 1000, hash: "0xstall\($0)") }
-        let cacheKeys = keys.map { harness.prefix + "tx:\($0.telegramID):\($0.hash)" }
-        for chunk in stride(from: 0, to: burst, by: 1000) {
-            _ = try redis.pipeline(cacheKeys[chunk..<min(chunk + 1000, burst)].map { [Array("SET".utf8), Array($0.utf8), Array("cached".utf8)] })
-        }
-        try harness.sql("""
-            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, status)
-            SELECT 700000 + g % 1000, '0xW', '0xT', 'buy', 'manual', '0xstall' || g, 'confirmed' FROM generate_series(1, \(burst)) g
-            """)
+        let keys = try harness.cachedTradeBurst(burst, telegramBase: 700_000, users: 1000, hashPrefix: "0xstall", redis: redis)
         harness.startWorker {
             $0.redis = try! RedisEndpoint.parse("redis://127.0.0.1:\(port)/0")
             $0.batchSize = 25
             $0.redisTimeoutMilliseconds = 300
         }
         let acknowledged = "SELECT payload->>'telegram_id', payload->>'tx_hash' FROM cache_invalidation.events WHERE processed_at IS NOT NULL AND payload->>'tx_hash' LIKE '0xstall%'"
-        let deadline = Date().addingTimeInterval(20)
-        while try harness.sql(acknowledged).rows.count < 500 && Date() < deadline { usleep(1_000) }
+        try harness.waitForAcknowledged(500, hashPrefix: "0xstall")
 
         // Reads (EXISTS) are still served during a WRITE pause; UNLINK waits.
         #expect(try redis.command(["CLIENT", "PAUSE", "4000", "WRITE"].map { Array($0.utf8) }) == .status("OK"))
@@ -108,7 +99,7 @@ struct FaultTests {
 
         _ = try redis.command(["CLIENT", "UNPAUSE"].map { Array($0.utf8) })
         try harness.waitUntilProcessed(timeout: 60)
-        let left = try redis.pipeline(cacheKeys.map { [Array("EXISTS".utf8), Array($0.utf8)] }).filter { $0 != .integer(0) }.count
+        let left = burst - (try harness.deleted(among: keys, redis: redis).count)
         #expect(left == 0, "\(left) of \(burst) keys never deleted")
         harness.stopWorker()
     }

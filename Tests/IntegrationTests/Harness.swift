@@ -140,10 +140,36 @@ final class Harness {
 
     // MARK: Redis
 
-    /// Sets each key (relative to the prefix) to "cached".
-    func seed(_ keys: [String]) throws {
-        let commands = keys.map { [Array("SET".utf8), Array((prefix + $0).utf8), Array("cached".utf8)] }
-        for reply in try redis.pipeline(commands) { #expect(reply == .status("OK")) }
+    /// Sets each key (relative to the prefix) to "cached", in `other` or the shared Redis.
+    func seed(_ keys: [String], redis other: RedisConnection? = nil) throws {
+        for chunk in stride(from: 0, to: keys.count, by: 1000) {
+            let commands = keys[chunk..<min(chunk + 1000, keys.count)].map { [Array("SET".utf8), Array((prefix + $0).utf8), Array("cached".utf8)] }
+            for reply in try (other ?? redis).pipeline(commands) { #expect(reply == .status("OK")) }
+        }
+    }
+
+    /// A burst of `count` settled trades committed in one transaction, each `tx:` key cached
+    /// first: telegram id `telegramBase + g % users` and tx hash `hashPrefix` + g, for g in
+    /// 1...count. Returns the keys, relative to the prefix.
+    @discardableResult
+    func cachedTradeBurst(_ count: Int, telegramBase: Int, users: Int, hashPrefix: String, redis other: RedisConnection? = nil) throws -> [String] {
+        let keys = (1...count).map { "tx:\(telegramBase + $0 % users):\(hashPrefix)\($0)" }
+        try seed(keys, redis: other)
+        try sql("""
+            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, status)
+            SELECT $1::int8 + g % $2::int8, '0xW', '0xT', 'buy', 'manual', $3 || g, 'confirmed' FROM generate_series(1, $4::int8) g
+            """, [String(telegramBase), String(users), hashPrefix, String(count)])
+        return keys
+    }
+
+    /// Waits (at most 20 s) until `count` events whose tx hash starts with `hashPrefix` are acknowledged.
+    func waitForAcknowledged(_ count: Int, hashPrefix: String) throws {
+        let deadline = Date().addingTimeInterval(20)
+        while try acknowledgedCount(hashPrefix: hashPrefix) < count && Date() < deadline { usleep(1_000) }
+    }
+
+    func acknowledgedCount(hashPrefix: String) throws -> Int {
+        try self.count("SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NOT NULL AND starts_with(payload->>'tx_hash', $1)", [hashPrefix])
     }
 
     /// The keys (relative to the prefix) among `keys` that no longer exist.

@@ -65,22 +65,12 @@ struct KillTests {
         // A burst committed in one transaction, every key cached: the active worker drains it
         // 20 events per batch, and is killed part-way.
         let burst = 20_000
-        let keys = (1...burst).map { "tx:\(600_000 + $0 % 1000):0xbulk\($0)" }
-        for chunk in stride(from: 0, to: keys.count, by: 1000) {
-            let commands = keys[chunk..<min(chunk + 1000, keys.count)].map { [Array("SET".utf8), Array((harness.prefix + $0).utf8), Array("cached".utf8)] }
-            _ = try harness.redis.pipeline(commands)
-        }
-        try harness.sql("""
-            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, status)
-            SELECT 600000 + g % 1000, '0xW', '0xT', 'buy', 'manual', '0xbulk' || g, 'confirmed' FROM generate_series(1, \(burst)) g
-            """)
-        let bulkProcessed = "SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NOT NULL AND payload->>'tx_hash' LIKE '0xbulk%'"
-        let deadline = Date().addingTimeInterval(20)
-        while try harness.count(bulkProcessed) < 200 && Date() < deadline { usleep(1_000) }
+        let keys = try harness.cachedTradeBurst(burst, telegramBase: 600_000, users: 1000, hashPrefix: "0xbulk")
+        try harness.waitForAcknowledged(200, hashPrefix: "0xbulk")
         first.signal(SIGKILL)
         let killedAt = Date()
         #expect(first.exitCode() == 128 + SIGKILL)
-        let processedAtKill = try harness.count(bulkProcessed)
+        let processedAtKill = try harness.acknowledgedCount(hashPrefix: "0xbulk")
         #expect(processedAtKill > 0 && processedAtKill < burst, "the kill landed during the drain (\(processedAtKill) of \(burst) done)")
 
         #expect(standby.waitForLine(containing: "took over as the active worker"))

@@ -59,18 +59,12 @@ struct QuietNotifyTests {
         try harness.waitFor("polling") { $0.polling && $0.eventsProcessed > 200 }
         // A burst committed while the worker polls: no NOTIFY, worked off 5 events per poll.
         let burst = 5_000
-        try harness.seed((1...burst).map { "tx:\(820_000 + $0 % 100):0xstopburst\($0)" })
-        try harness.sql("""
-            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, status)
-            SELECT 820000 + g % 100, '0xW', '0xT', 'buy', 'manual', '0xstopburst' || g, 'confirmed' FROM generate_series(1, \(burst)) g
-            """)
-        let burstDone = "SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NOT NULL AND payload->>'tx_hash' LIKE '0xstopburst%'"
-        let deadline = Date().addingTimeInterval(20)
-        while try harness.count(burstDone) < 200 && Date() < deadline { usleep(1_000) }
+        try harness.cachedTradeBurst(burst, telegramBase: 820_000, users: 100, hashPrefix: "0xstopburst")
+        try harness.waitForAcknowledged(200, hashPrefix: "0xstopburst")
         harness.stopWorker()
         bots.forEach { $0.stop() }
         #expect(bots.allSatisfy { $0.failures == 0 })
-        let done = try harness.count(burstDone)
+        let done = try harness.acknowledgedCount(hashPrefix: "0xstopburst")
         #expect(done > 0 && done < burst, "the stop landed during the burst (\(done) of \(burst) done)")
         let pending = try harness.sql("""
             SELECT payload->>'telegram_id', payload->>'tx_hash' FROM cache_invalidation.events
