@@ -195,16 +195,13 @@ struct EventLog {
 
     /// Pending events with ids above `after`, oldest first (a drain pass), acknowledging
     /// `acknowledging` (all at or below `after`) in the same statement. Sends it and returns at
-    /// once, so the worker deletes the previous batch in Redis while Postgres reads this one.
-    /// `receivePending()` collects the rows; nothing else may use the connection in between.
-    func sendFetchPending(after: Int64, limit: Int, acknowledging: [Int64]) throws(PostgresError) {
+    /// once; its rows are received on a helper thread while the worker deletes the previous
+    /// batch in Redis, and `PendingRows.wait()` hands them over undecoded (`decode` them; the
+    /// last row has the highest id, which is where the next batch starts). Nothing else may use
+    /// the connection before that.
+    func fetchPending(after: Int64, limit: Int, acknowledging: [Int64]) throws(PostgresError) -> PendingRows {
         try connection.send(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after), PostgresArray.integers(acknowledging)])
-    }
-
-    /// The rows `sendFetchPending` asked for, undecoded (`decode` them; the last row has the
-    /// highest id, which is where the next batch starts).
-    func receivePending() throws(PostgresError) -> PGRows {
-        try connection.receive()
+        return connection.receiveConcurrently()
     }
 
     /// One poll: pending events above `after`, and those among `skipped` that are pending now;

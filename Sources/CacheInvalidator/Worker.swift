@@ -20,7 +20,6 @@ import Synchronization
 final class Worker {
     private let config: WorkerConfiguration
     /// `kind` column values whose events delete by pattern (see drainPass).
-    private let patternKindNames: Set<String>
     private let logger: Logger
     private let statistics: WorkerStatistics
     private let wake: WakeSignal
@@ -106,7 +105,6 @@ final class Worker {
 
     init(config: WorkerConfiguration, logger: Logger, statistics: WorkerStatistics, wake: WakeSignal, stopRequested: StopFlag, metrics: WorkerMetrics? = nil) {
         self.config = config
-        self.patternKindNames = Set(config.rules.kindsWithPatterns.map(\.rawValue))
         self.metrics = metrics
         self.logger = logger
         self.statistics = statistics
@@ -446,30 +444,33 @@ final class Worker {
     /// that acknowledges the batch before it (Redis confirmed its deletions in the previous turn)
     /// and reads the next one is sent, and only then is this batch decoded and deleted. So
     /// Postgres's half of a batch (an UPDATE of the acknowledged rows and an index scan) overlaps
-    /// the worker's and Redis's half. An event is still acknowledged only after Redis confirmed
-    /// it, and only one statement is ever in flight on the connection. Batches that delete by
-    /// pattern are the exception (see below).
+    /// the worker's and Redis's half. The rows of the statement in flight are received on a
+    /// helper thread meanwhile: Postgres never waits for the worker to read them, so a slow batch
+    /// (a SCAN over a large keyspace, a stalled Redis) cannot get the statement cancelled by
+    /// statement_timeout and the drain redo the same batches forever. An event is still
+    /// acknowledged only after Redis confirmed it, and only one statement is ever in flight.
     private func drainPass() -> Bool {
         guard let eventLog else { return false }
         /// Sends the statement that acknowledges `batches` and reads the batch after `after`.
-        func sendNext(after: Int64, acknowledging batches: [Deleted]) -> Bool {
+        func fetch(after: Int64, acknowledging batches: [Deleted]) -> PendingRows? {
             do {
-                try eventLog.sendFetchPending(after: after, limit: config.batchSize, acknowledging: batches.flatMap(\.ids))
-                return true
+                return try eventLog.fetchPending(after: after, limit: config.batchSize, acknowledging: batches.flatMap(\.ids))
             } catch {
                 postgresFailed(error)
-                return false
+                return nil
             }
         }
-        var rows: PGRows
-        do {
-            try eventLog.sendFetchPending(after: 0, limit: config.batchSize, acknowledging: [])
-            rows = try eventLog.receivePending()
-        } catch {
-            postgresFailed(error)
-            return false
+        func received(_ pending: PendingRows) -> PGRows? {
+            do {
+                let rows = try pending.wait()
+                postgresRoundTripSucceeded()
+                return rows
+            } catch {
+                postgresFailed(error)
+                return nil
+            }
         }
-        postgresRoundTripSucceeded()
+        guard let first = fetch(after: 0, acknowledging: []), var rows = received(first) else { return false }
         // Deleted in Redis, not yet acknowledged: goes out with the next statement.
         var confirmed: Deleted? = nil
         defer {
@@ -477,47 +478,25 @@ final class Worker {
             if let last = confirmed, acknowledge(last.ids) { record(last) }
         }
         while !stopping {
-            let full = rows.rows.count >= config.batchSize
             let after = rows.rows.last?[0].flatMap { Int64($0) } ?? 0
-            // A batch that deletes by pattern scans Redis's whole keyspace, for as long as that
-            // takes. With the next statement in flight meanwhile, Postgres would block sending its
-            // rows once the socket buffers are full, statement_timeout would cancel it (and the
-            // acknowledgement in it), and the drain would redo the same batches forever. Such a
-            // batch is deleted first, and then acknowledged with the statement that reads on.
-            let overlap = full && !rows.rows.contains { $0[1].map(patternKindNames.contains) ?? false }
-            // In flight: the acknowledgement of these, and the next batch.
-            var acknowledging: [Deleted] = []
-            if overlap {
-                acknowledging = confirmed.map { [$0] } ?? []
+            if rows.rows.count >= config.batchSize {
+                // In flight: the acknowledgement of the batch before this one, and the next batch.
+                let acknowledging = confirmed.map { [$0] } ?? []
                 confirmed = nil
-                guard sendNext(after: after, acknowledging: acknowledging) else { return false }
-            }
-            let fetched = EventLog.decode(rows)
-            let deleted = fetched.rowCount > 0 ? delete(fetched) : nil
-            if fetched.rowCount == 0 { redisRoundTripSucceeded() }
-            if full {
-                if !overlap {
-                    // Redis failed: `confirmed` is acknowledged on the way out (defer).
-                    guard let deleted else { return false }
-                    acknowledging = [confirmed, deleted].compactMap { $0 }
-                    confirmed = nil
-                    guard sendNext(after: after, acknowledging: acknowledging) else { return false }
-                }
-                do {
-                    rows = try eventLog.receivePending()
-                } catch {
-                    postgresFailed(error)
-                    return false
-                }
-                postgresRoundTripSucceeded()
+                guard let next = fetch(after: after, acknowledging: acknowledging) else { return false }
+                let deleted = delete(EventLog.decode(rows))
+                // Waited for even if Redis failed: the connection is needed again on the way out.
+                guard let nextRows = received(next) else { return false }
                 acknowledging.forEach(record)
-                if overlap {
-                    guard let deleted else { return false }
-                    confirmed = deleted
-                }
+                guard let deleted else { return false }
+                confirmed = deleted
+                rows = nextRows
                 continue
             }
             // The last, partial batch: acknowledged in one statement with the one before it.
+            let fetched = EventLog.decode(rows)
+            let deleted = fetched.rowCount > 0 ? delete(fetched) : nil
+            if fetched.rowCount == 0 { redisRoundTripSucceeded() }
             if fetched.rowCount > 0 && deleted == nil { return false }
             let last = [confirmed, deleted].compactMap { $0 }
             confirmed = nil

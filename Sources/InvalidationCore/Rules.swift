@@ -128,14 +128,6 @@ extension RuleSet {
         return counts
     }
 
-    /// The kinds some rule of which deletes by pattern: a `SCAN` of Redis's whole keyspace, which
-    /// takes as long as the keyspace is large.
-    public var kindsWithPatterns: Set<EventKind> {
-        Set(rules.compactMap { kind, list in
-            list.contains { if case .pattern = $0.target { true } else { false } } ? kind : nil
-        })
-    }
-
     /// The plan for a single event (for `replay --dry-run`, tests and debug logs).
     public func plan(for event: InvalidationEvent, prefix: String) -> InvalidationPlan {
         var plan = InvalidationPlan()

@@ -178,6 +178,18 @@ public final class PGConnection {
         try awaitResult(timeoutSeconds: queryTimeoutSeconds)
     }
 
+    /// Receives the rows of the statement `send(prepared:_:)` sent on a helper thread, while the
+    /// caller works; `PendingRows.wait()` hands them over. A caller that reads a large result only
+    /// after its own work would leave the server blocked on a full socket buffer meanwhile, and
+    /// that time counts against the statement's `statement_timeout`: a slow piece of work (a
+    /// Redis SCAN over a large keyspace) would get the statement in flight cancelled.
+    /// The connection belongs to the helper until `wait()` returns: nothing else may use it.
+    public func receiveConcurrently() -> PendingRows {
+        let pending = PendingRows(connection: self)
+        DispatchQueue.global().async { pending.receive() }
+        return pending
+    }
+
     private func send(_ parameters: [String?], _ call: (Int32, [UnsafePointer<CChar>?]) -> Int32) throws(PostgresError) -> PGRows {
         try sendOnly(parameters, call)
         return try awaitResult(timeoutSeconds: queryTimeoutSeconds)
@@ -292,6 +304,35 @@ public final class PGConnection {
         let message = result.map { String(cString: PQresultErrorMessage($0)) } ?? String(cString: PQerrorMessage(conn))
         let lost = PQstatus(conn) != CONNECTION_OK || sqlState?.hasPrefix("08") == true || sqlState == "57P01" || sqlState == "57P02" || sqlState == "57P03"
         return PostgresError(code: lost ? .connectionLost : .queryFailed, message: message.isEmpty ? "no result from server" : message, sqlState: sqlState, target: target.description)
+    }
+}
+
+/// The rows of a statement being received on a helper thread (`receiveConcurrently()`).
+/// Unchecked `Sendable`: the connection is used by the helper alone until `done` is signalled,
+/// and `outcome` is written before that and read only after it. The helper holds this (and so
+/// the connection) until it is done, so the connection cannot be closed under it.
+public final class PendingRows: @unchecked Sendable {
+    private let connection: PGConnection
+    private let done = DispatchSemaphore(value: 0)
+    private var outcome: Result<PGRows, PostgresError>? = nil
+    private var handedOver = false
+
+    fileprivate init(connection: PGConnection) {
+        self.connection = connection
+    }
+
+    fileprivate func receive() {
+        outcome = Result { () throws(PostgresError) -> PGRows in try connection.receive() }
+        done.signal()
+    }
+
+    /// Blocks until the rows are in (bounded by the connection's query timeout) and returns them;
+    /// the connection is the caller's again. Call it once.
+    public func wait() throws(PostgresError) -> PGRows {
+        precondition(!handedOver, "PendingRows.wait() called twice")
+        handedOver = true
+        done.wait()
+        return try outcome!.get()
     }
 }
 

@@ -135,12 +135,12 @@ struct FaultTests {
     }
 
     /// A batch with pattern deletions scans the whole keyspace, which can take longer than the
-    /// session's statement_timeout. Were the next statement in flight meanwhile (as for other
-    /// batches), PostgreSQL would block sending a large next batch, the timeout would cancel the
-    /// statement, and the drain would redo the same batches forever (this test then times out).
-    /// Here: 600,000 other keys make 10 SCANs take seconds, the next batch is ~30 MB, and
-    /// statement_timeout is 1 s.
-    @Test func aSlowPatternBatchIsNotOverlappedWithTheNextStatement() throws {
+    /// session's statement_timeout, while the statement that reads the next batch is in flight.
+    /// Were its rows read only after the SCANs, PostgreSQL would block sending a large next batch,
+    /// the timeout would cancel the statement (and the acknowledgement in it), and the drain
+    /// would redo the same batches forever (this test then times out). Here: 600,000 other keys
+    /// make 10 SCANs take seconds, the next batch is ~30 MB, and statement_timeout is 1 s.
+    @Test func aSlowBatchDoesNotGetTheStatementInFlightCancelled() throws {
         let harness = try Harness()
         let port = try harness.servers.startExtraRedis(extraArguments: ["--enable-debug-command", "yes"])
         defer { harness.servers.stopExtraRedis(port: port) }
