@@ -445,7 +445,8 @@ class Bench:
             "knobs": {"PROBES": PROBES, "RATE": RATE, "BACKGROUND_RATE": BG_RATE, "BACKGROUND_CLIENTS": BG_CLIENTS,
                       "CLIENTS": CLIENTS, "PGBENCH_SECONDS": PGBENCH_SECONDS, "PGBENCH_REPEATS": PGBENCH_REPEATS,
                       "DRAIN_SIZES": DRAIN_SIZES, "DRAIN_CHUNK": DRAIN_CHUNK, "SOAK_SECONDS": SOAK_SECONDS,
-                      "SOAK_RATE": SOAK_RATE, "SKIP": [k for k, v in SKIP.items() if v]},
+                      "SOAK_RATE": SOAK_RATE, "SKIP": [k for k, v in SKIP.items() if v],
+                      "PG_SETTINGS": ENV.get("PG_SETTINGS", "")},
         }
 
     def ensure_worker(self, phase):
