@@ -33,6 +33,31 @@ struct RobustnessTests {
         harness.stopWorker()
     }
 
+    /// Rows read only after the caller's own work leave the server blocked on a full socket
+    /// buffer meanwhile, and that time counts against statement_timeout (the drain's premise for
+    /// receiving them on a helper thread). Received concurrently, they all arrive however long the
+    /// caller works.
+    @Test func rowsReceivedConcurrentlyOutlastTheCallersWork() throws {
+        let harness = try Harness(migrate: false)
+        let connection = try PGConnection(conninfo: harness.databaseURL)
+        try connection.execute("SET statement_timeout = '300ms'")
+        try connection.prepare("big", "SELECT repeat('x', 1000000) FROM generate_series(1, 40)", parameterCount: 0)
+        try connection.send(prepared: "big", [])
+        usleep(1_500_000)
+        do {
+            let rows = try connection.receive()
+            Issue.record("read after the work, \(rows.rows.count) rows arrived: the socket buffers held 40 MB?")
+        } catch {
+            #expect(error.sqlState == "57014", "expected a statement timeout, got \(error)")
+        }
+        try connection.send(prepared: "big", [])
+        let pending = connection.receiveConcurrently()
+        usleep(1_500_000)
+        let rows = try pending.wait()
+        #expect(rows.rows.count == 40)
+        #expect(rows.rows.allSatisfy { $0[0]?.utf8.count == 1_000_000 })
+    }
+
     /// A DBA's lock on the event log must not freeze the worker: its statements time out, and a
     /// stop request is honoured within seconds.
     @Test func lockedEventLogDoesNotFreezeShutdown() throws {
