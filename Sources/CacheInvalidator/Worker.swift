@@ -19,7 +19,6 @@ import Synchronization
 /// worker's session, so a standby takes over as soon as Postgres notices it is gone.
 final class Worker {
     private let config: WorkerConfiguration
-    /// `kind` column values whose events delete by pattern (see drainPass).
     private let logger: Logger
     private let statistics: WorkerStatistics
     private let wake: WakeSignal

@@ -67,8 +67,9 @@ public struct ConnectionTarget: Sendable, CustomStringConvertible {
 
 /// One libpq connection, owned: `PQfinish` runs exactly once, in `deinit`.
 ///
-/// Not thread-safe and not `Sendable`: a connection lives on the worker's own thread. Every
-/// call may block on the network, so none of this may run on Swift's cooperative pool.
+/// Not thread-safe and not `Sendable`: a connection is used by one thread at a time, the
+/// worker's own, or a helper receiving rows for it (`receiveConcurrently()`). Every call may
+/// block on the network, so none of this may run on Swift's cooperative pool.
 public final class PGConnection {
     private let conn: OpaquePointer
     public let target: ConnectionTarget
@@ -334,6 +335,9 @@ public final class PendingRows: @unchecked Sendable {
         done.wait()
         return try outcome!.get()
     }
+
+    // Dropped without `wait()`, the caller may have used the connection while the helper did.
+    deinit { assert(handedOver, "PendingRows dropped without wait(): its connection was in use by a helper") }
 }
 
 /// Scrubs a connection string's password out of a message before it can reach a log.
