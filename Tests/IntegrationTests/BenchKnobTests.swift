@@ -1,0 +1,66 @@
+import Foundation
+import Glibc
+import Testing
+
+/// `scripts/bench` refuses a bad knob before it starts anything, naming the variable. PG_SETTINGS
+/// above all: pg_ctl hands PostgreSQL's options to a shell, so only plain `name=value` may pass.
+@Suite("scripts/bench knobs")
+struct BenchKnobTests {
+    static let bench = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("scripts/bench").path
+
+    /// Runs the bench with `environment` (plus PATH); a refused knob ends it within a second, so
+    /// one that is accepted by mistake (and starts servers and builds) is killed after 30 s.
+    static func run(_ environment: [String: String]) throws -> (status: Int32, output: String) {
+        let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString).log").path
+        defer { unlink(outputPath) }
+        let env = environment.merging(["PATH": "/usr/bin:/bin"]) { a, _ in a }.map { "\($0.key)=\($0.value)" }
+        let pid = try TestServers.spawn("/bin/bash", [bench], outputPath: outputPath, environment: env)
+        var status: Int32 = 0
+        let deadline = Date().addingTimeInterval(30)
+        while waitpid(pid, &status, WNOHANG) == 0 {
+            if Date() > deadline {
+                kill(pid, SIGKILL)
+                waitpid(pid, &status, 0)
+                Issue.record("scripts/bench with \(environment) did not stop within 30 s: the knob was accepted")
+                break
+            }
+            usleep(10_000)
+        }
+        return (TestServers.exitCode(status), (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
+    }
+
+    @Test(arguments: [
+        ["PG_SETTINGS": "shared_buffers=1GB;touch /tmp/bench-pwned"],
+        ["PG_SETTINGS": "work_mem=$(id)"],
+        ["PG_SETTINGS": "max_wal_size=4GB `id`"],
+        ["PG_SETTINGS": "shared_buffers"],
+        ["PG_SETTINGS": "=1GB"],
+        ["PG_SETTINGS": "Shared_Buffers=1GB"],
+        ["PG_SETTINGS": "work_mem='64MB'"],
+        ["PG_SETTINGS": "work_mem=*"],
+        ["PROBES": "3e3"],
+        ["PROBES": "-1"],
+        ["PROBES": "0"],
+        ["CLIENTS": "8 x"],
+        ["CLIENTS": "0"],
+        ["CLIENTS": " "],
+        ["DRAIN_SIZES": "1,000,000"],
+        ["SKIP_LAG": "yes"],
+    ])
+    func badKnobsAreRefusedByName(_ environment: [String: String]) throws {
+        let (status, output) = try Self.run(environment)
+        let name = environment.keys.first!
+        #expect(status == 1, "exit \(status): \(output)")
+        #expect(output.contains("bench: error: \(name)"), "\(output)")
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/bench-pwned"))
+    }
+
+    /// Plain settings pass their check: the first refusal is then the later, bad knob's.
+    @Test func plainSettingsPass() throws {
+        let (status, output) = try Self.run(["PG_SETTINGS": "shared_buffers=1GB max_wal_size=4GB autovacuum=off checkpoint_timeout=15min", "SKIP_LAG": "yes"])
+        #expect(status == 1)
+        #expect(output.contains("bench: error: SKIP_LAG"), "\(output)")
+    }
+}
