@@ -10,25 +10,10 @@ struct BenchKnobTests {
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("scripts/bench").path
 
-    /// Runs the bench with `environment` (plus PATH); a refused knob ends it within a second, so
-    /// one that is accepted by mistake (and starts servers and builds) is killed after 30 s.
+    /// Runs the bench with `environment` (plus PATH): a refused knob ends it within a second, so
+    /// one accepted by mistake (which starts servers and builds) is killed after 30 s.
     static func run(_ environment: [String: String]) throws -> (status: Int32, output: String) {
-        let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString).log").path
-        defer { unlink(outputPath) }
-        let env = environment.merging(["PATH": "/usr/bin:/bin"]) { a, _ in a }.map { "\($0.key)=\($0.value)" }
-        let pid = try TestServers.spawn("/bin/bash", [bench], outputPath: outputPath, environment: env)
-        var status: Int32 = 0
-        let deadline = Date().addingTimeInterval(30)
-        while waitpid(pid, &status, WNOHANG) == 0 {
-            if Date() > deadline {
-                kill(pid, SIGKILL)
-                waitpid(pid, &status, 0)
-                Issue.record("scripts/bench with \(environment) did not stop within 30 s: the knob was accepted")
-                break
-            }
-            usleep(10_000)
-        }
-        return (TestServers.exitCode(status), (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
+        try TestServers.runBounded("/bin/bash", [bench], environment: environment, what: "scripts/bench with \(environment) (the knob was accepted)")
     }
 
     @Test(arguments: [

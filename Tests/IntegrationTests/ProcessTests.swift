@@ -19,24 +19,8 @@ struct ProcessTests {
 
     /// Runs the binary to completion with exactly `environment` (plus PATH).
     static func run(_ arguments: [String], environment: [String: String]) throws -> Outcome {
-        let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("ci-\(UUID().uuidString).log").path
-        defer { unlink(outputPath) }
-        let env = environment.merging(["PATH": "/usr/bin:/bin"]) { a, _ in a }.map { "\($0.key)=\($0.value)" }
-        let pid = try TestServers.spawn(binary, arguments, outputPath: outputPath, environment: env)
-        // A command that should fail at once must not hang the suite if it starts working instead.
-        var status: Int32 = 0
-        let deadline = Date().addingTimeInterval(30)
-        while waitpid(pid, &status, WNOHANG) == 0 {
-            if Date() > deadline {
-                kill(pid, SIGKILL)
-                waitpid(pid, &status, 0)
-                Issue.record("cache-invalidator \(arguments) did not exit within 30 s")
-                break
-            }
-            usleep(10_000)
-        }
-        let code = TestServers.exitCode(status)
-        return Outcome(status: code, output: (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
+        let (status, output) = try TestServers.runBounded(binary, arguments, environment: environment, what: "cache-invalidator \(arguments)")
+        return Outcome(status: status, output: output)
     }
 
     @Test func runsWithTwoVariablesStopsOnSigtermAndNeverLogsPasswords() throws {

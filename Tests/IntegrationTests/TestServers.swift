@@ -3,6 +3,7 @@ import Glibc
 import PostgresClient
 import RedisClient
 import Synchronization
+import Testing
 
 /// Throwaway PostgreSQL 15 and Redis 7 servers for the integration tests: started once per test
 /// process on free loopback ports in a temporary directory, stopped and removed at exit.
@@ -186,6 +187,28 @@ final class TestServers: Sendable {
             guard errno == EINTR else { throw TestServerError(description: "waitpid failed: \(String(cString: strerror(errno)))") }
         }
         return exitCode(status)
+    }
+
+    /// Runs `tool` to completion with exactly `environment` (plus PATH) and returns its exit code
+    /// and output. A command expected to end at once must not hang the suite if it starts working
+    /// instead: past `timeout` it is killed and an issue recorded, naming `what`.
+    static func runBounded(_ tool: String, _ arguments: [String], environment: [String: String], timeout: Double = 30, what: String) throws -> (status: Int32, output: String) {
+        let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("run-\(UUID().uuidString).log").path
+        defer { unlink(outputPath) }
+        let env = environment.merging(["PATH": "/usr/bin:/bin"]) { a, _ in a }.map { "\($0.key)=\($0.value)" }
+        let pid = try spawn(tool, arguments, outputPath: outputPath, environment: env)
+        var status: Int32 = 0
+        let deadline = Date().addingTimeInterval(timeout)
+        while waitpid(pid, &status, WNOHANG) == 0 {
+            if Date() > deadline {
+                kill(pid, SIGKILL)
+                waitpid(pid, &status, 0)
+                Issue.record("\(what) did not exit within \(Int(timeout)) s")
+                break
+            }
+            usleep(10_000)
+        }
+        return (exitCode(status), (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
     }
 
     /// A `waitpid` status as a shell shows it: the exit code, or 128 + the signal.
