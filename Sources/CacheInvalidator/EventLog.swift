@@ -182,6 +182,29 @@ struct EventLog {
         try connection.execute("LISTEN \(try connection.escapeIdentifier(channel))")
     }
 
+    /// The private channel of 0004_private_channel, as far as this session can use it.
+    enum PrivateChannel: Equatable {
+        /// Subscribed: notifications on this channel carry whole events.
+        case listening(String)
+        /// 0004 is not applied: the public channel's ids are all there is.
+        case notInstalled
+        /// 0004 is applied but this role may not call listen_privately().
+        case notGranted
+    }
+
+    /// LISTENs on the private channel through listen_privately(), which keeps its name out of
+    /// this session's statements (pg_stat_activity, the server log).
+    func listenPrivately() throws(PostgresError) -> PrivateChannel {
+        let installed = try connection.execute("""
+            SELECT p IS NOT NULL, p IS NOT NULL AND has_function_privilege(p, 'EXECUTE')
+            FROM to_regprocedure('cache_invalidation.listen_privately()') AS p
+            """)
+        guard installed[0, 0] == "t" else { return .notInstalled }
+        guard installed[0, 1] == "t" else { return .notGranted }
+        guard let name = try connection.execute("SELECT cache_invalidation.listen_privately()")[0, 0] else { return .notInstalled }
+        return .listening(name)
+    }
+
     struct Fetched {
         var events: [InvalidationEvent] = []
         /// Rows whose payload could not be decoded: acknowledged with nothing deleted, and logged.

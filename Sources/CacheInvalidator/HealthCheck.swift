@@ -14,8 +14,8 @@ public struct HealthCheck {
 
     /// The schema version this worker reads (0002_cache_invalidation).
     public static let requiredSchemaVersion: Int64 = 2
-    /// The newest schema version shipped (0003_quiet_notify).
-    public static let latestSchemaVersion: Int64 = 3
+    /// The newest schema version shipped (0004_private_channel).
+    public static let latestSchemaVersion: Int64 = 4
 
     public var configuration: WorkerConfiguration
     public var maximumBacklog: Int64 = 10_000
@@ -61,7 +61,7 @@ public struct HealthCheck {
                 findings.append(Finding(
                     ok: version >= Self.requiredSchemaVersion, subject: "migrations",
                     detail: version >= Self.requiredSchemaVersion
-                        ? "schema version \(version)" + (version < Self.latestSchemaVersion ? " (works; apply the pending migrations: 0003 quiet_notify spares the bot's writes their NOTIFY while the worker is busy)" : "")
+                        ? "schema version \(version)" + (version < Self.latestSchemaVersion ? " (works; apply the pending migrations: 0003 quiet_notify spares the bot's writes their NOTIFY while the worker is busy, 0004 private_channel saves a round trip of lag per event)" : "")
                         : "schema version \(version), this worker needs \(Self.requiredSchemaVersion); apply the migrations"))
             } else {
                 findings.append(Finding(ok: true, subject: "migrations", detail: "event log present (version table not readable by this role)"))
@@ -79,11 +79,16 @@ public struct HealthCheck {
                 SELECT has_schema_privilege('cache_invalidation', 'USAGE'),
                        has_table_privilege('cache_invalidation.events', 'SELECT'),
                        has_column_privilege('cache_invalidation.events', 'processed_at', 'UPDATE'),
-                       has_table_privilege('cache_invalidation.events', 'DELETE')
+                       has_table_privilege('cache_invalidation.events', 'DELETE'),
+                       -- Without 0004 there is nothing to grant: counted as granted.
+                       coalesce((SELECT has_function_privilege(p, 'EXECUTE')
+                                 FROM to_regprocedure('cache_invalidation.listen_privately()') AS p WHERE p IS NOT NULL), true)
                 """)
-            var needed = ["USAGE on schema cache_invalidation", "SELECT on cache_invalidation.events", "UPDATE (processed_at) on cache_invalidation.events"]
-            if configuration.retentionSeconds > 0 { needed.append("DELETE on cache_invalidation.events (for --retention)") }
-            let missing = zip(needed, privileges.rows[0]).filter { $0.1 != "t" }.map(\.0)
+            var needed = ["USAGE on schema cache_invalidation", "SELECT on cache_invalidation.events", "UPDATE (processed_at) on cache_invalidation.events",
+                          "DELETE on cache_invalidation.events (for --retention)",
+                          "EXECUTE on function cache_invalidation.listen_privately() (without it every event costs one more round trip of lag)"]
+            if configuration.retentionSeconds == 0 { needed[3] = "" }
+            let missing = zip(needed, privileges.rows[0]).filter { !$0.0.isEmpty && $0.1 != "t" }.map(\.0)
             return [Finding(ok: missing.isEmpty, subject: "privileges",
                             detail: missing.isEmpty ? "can read, acknowledge\(configuration.retentionSeconds > 0 ? " and prune" : "") events" : "missing \(missing.joined(separator: ", ")); apply deploy/postgres/roles.sql")]
         }

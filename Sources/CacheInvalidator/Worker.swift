@@ -90,6 +90,13 @@ final class Worker {
     /// Recently processed ids, so a notification that arrives after its event was already handled
     /// (several events in one fetch) costs no query.
     private var recentIDs = RecentIDs(capacity: 8192)
+    /// The private channel's name (0004) while this session LISTENs to it.
+    private var privateChannel: String?
+    private var warnedPrivateChannelNotGranted = false
+    /// Events the private channel carried, to delete without reading them from the log first
+    /// (they are still acknowledged in the log). In arrival order; `notifiedIDs` are their ids.
+    private var notifiedEvents: [InvalidationEvent] = []
+    private var notifiedIDs: Set<Int64> = []
 
     private var interval = LagStatistics()
     /// Trigger check and pruning: right after connecting, then every maintenance interval.
@@ -222,6 +229,18 @@ final class Worker {
             // drain or announced by a notification, never in neither.
             try eventLog.listen()
             quietNotify = try eventLog.hasQuietNotify()
+            switch try eventLog.listenPrivately() {
+            case .listening(let name):
+                privateChannel = name
+            case .notInstalled:
+                privateChannel = nil
+            case .notGranted:
+                privateChannel = nil
+                if !warnedPrivateChannelNotGranted {
+                    warnedPrivateChannelNotGranted = true
+                    logger.warning("cannot listen on the private channel: every event is read from the log after its notification, one more round trip of lag; GRANT EXECUTE ON FUNCTION cache_invalidation.listen_privately() TO this role (deploy/postgres/roles.sql)")
+                }
+            }
         } catch {
             postgresFailed(error)
             return
@@ -285,6 +304,7 @@ final class Worker {
         // W went with the session; the last poll's unacknowledged events are redone after
         // reconnecting (deletions are idempotent).
         polling = PollingState()
+        privateChannel = nil
         needsDrain = true
         statistics.update { $0.postgresErrors += 1 }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
@@ -374,13 +394,18 @@ final class Worker {
     }
 
     private func handle(_ notification: PGNotification) {
+        if let privateChannel, notification.channel == privateChannel {
+            handlePrivate(notification)
+            return
+        }
         do {
             let id = try NotificationPayload.parseEventID(notification.payload)
             // While Redis is away nothing is fetched, and reconnecting drains the whole log:
             // remembering ids meanwhile would only let a flood of notifications grow memory.
             guard redis != nil else { needsDrain = true; return }
-            // Already handled (it came in an earlier batch): nothing to fetch.
-            if !recentIDs.contains(id) { namedIDs.insert(id) }
+            // Already handled (it came in an earlier batch), or the private channel brought it:
+            // nothing to fetch.
+            if !recentIDs.contains(id) && !notifiedIDs.contains(id) { namedIDs.insert(id) }
             if namedIDs.count > max(4 * config.batchSize, 10_000) {
                 // A flood (forged ids, or Redis away for long under load): stop remembering ids
                 // and drain the log instead, which finds every real event. Bounded memory.
@@ -398,14 +423,60 @@ final class Worker {
         }
     }
 
+    /// A whole event from the private channel, which only emit() can send on (its name is a
+    /// secret). Deleted straight from the notification when that is safe; anything unusual (a
+    /// pattern or whole-family rule, a kind this worker does not know, a payload the log path
+    /// would log about) is read from the log instead, by id, as on the public channel.
+    private func handlePrivate(_ notification: PGNotification) {
+        do {
+            let notified = try NotificationPayload.parseEvent(notification.payload)
+            guard redis != nil else { needsDrain = true; return }
+            guard !recentIDs.contains(notified.id) && !notifiedIDs.contains(notified.id) else { return }
+            if let kind = EventKind(rawValue: notified.kind), !config.rules.deletesByPattern(kind),
+               let decoded = try? EventPayload.decodeReportingOversized(notified.payload), decoded.oversized.isEmpty {
+                notifiedEvents.append(InvalidationEvent(id: notified.id, kind: kind, fields: decoded.fields, startMicros: notified.startMicros))
+                notifiedIDs.insert(notified.id)
+                namedIDs.remove(notified.id)
+            } else {
+                namedIDs.insert(notified.id)
+            }
+            if notifiedEvents.count > max(4 * config.batchSize, 10_000) {
+                // Redis slower than the notifications for long: bounded memory, as for ids.
+                notifiedEvents.removeAll(keepingCapacity: false)
+                notifiedIDs.removeAll(keepingCapacity: false)
+                needsDrain = true
+                logger.warning("too many notified events waiting; draining the log instead")
+            }
+        } catch {
+            // Only emit() knows the channel, so this is a bug or a leaked name, not noise.
+            statistics.update { $0.malformedNotifications += 1 }
+            logger.error("ignored a malformed notification on the private channel", metadata: [
+                LogKey.reason: "\(error.reasonCode)",
+                LogKey.error: "\(error)",
+                LogKey.senderPID: "\(notification.senderPID)",
+            ])
+        }
+    }
+
     // MARK: Processing
 
-    private var hasWork: Bool { needsDrain || !namedIDs.isEmpty }
+    private var hasWork: Bool { needsDrain || !namedIDs.isEmpty || !notifiedEvents.isEmpty }
 
     /// Drains the log if due, then fetches what notifications named.
     private func processPending() {
         // Those would be fetched again: acknowledge them first.
         guard acknowledgePolled() else { return }
+        if !notifiedEvents.isEmpty {
+            // First: these need no round trip to Postgres before their deletion.
+            var fetched = EventLog.Fetched()
+            fetched.events = notifiedEvents
+            fetched.rowCount = notifiedEvents.count
+            fetched.maxID = notifiedEvents.map(\.id).max() ?? 0
+            notifiedEvents.removeAll(keepingCapacity: true)
+            notifiedIDs.removeAll(keepingCapacity: true)
+            guard invalidate(fetched) else { return }
+            statistics.update { $0.eventsFromNotifications += UInt64(fetched.rowCount) }
+        }
         if needsDrain {
             guard drainPass() else { return }
         }

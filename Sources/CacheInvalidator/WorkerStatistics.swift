@@ -39,6 +39,8 @@ public final class WorkerStatistics: Sendable {
         public var takeovers: UInt64 = 0
         /// Notifications received (with 0003, fewer than events while the worker polls).
         public var notificationsReceived: UInt64 = 0
+        /// Events deleted straight from the private channel's notification (0004), before being read from the log.
+        public var eventsFromNotifications: UInt64 = 0
         /// Times the worker switched to polling the log (writers stop notifying meanwhile).
         public var pollingEntries: UInt64 = 0
         public var polling = false

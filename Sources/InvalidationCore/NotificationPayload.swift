@@ -1,8 +1,9 @@
-/// What a NOTIFY on the channel claims: the id of an event in the log.
+/// What a NOTIFY claims. On the public channel: the id of an event in the log.
 ///
 /// NOTIFY is unauthenticated (any role that can connect can send anything), so a notification
-/// is only ever a wake-up hint. The worker never takes keys from it: it reads the named event
-/// from the log, which only the triggers can write.
+/// on the public channel is only ever a wake-up hint: the worker never takes keys from it, it
+/// reads the named event from the log, which only the triggers can write. On the private
+/// channel (0004), whose name is a secret only emit() and the worker know, it is the event.
 public enum NotificationPayload {
     /// Why a payload was refused, for the log line and the metric label.
     public enum Malformed: Error, Equatable, CustomStringConvertible {
@@ -10,6 +11,7 @@ public enum NotificationPayload {
         case tooLong(bytes: Int)
         case notAnEventID(preview: String)
         case outOfRange(preview: String)
+        case notAnEvent(preview: String)
 
         public var description: String {
             switch self {
@@ -17,6 +19,7 @@ public enum NotificationPayload {
             case .tooLong(let bytes): return "payload of \(bytes) bytes (an event id has at most 19 digits)"
             case .notAnEventID(let preview): return "payload \(preview) is not a decimal event id"
             case .outOfRange(let preview): return "payload \(preview) is not a positive 64-bit event id"
+            case .notAnEvent(let preview): return "payload \(preview) is not an event (expected \"<id> <kind> <write time in µs> <payload JSON>\")"
             }
         }
 
@@ -27,6 +30,7 @@ public enum NotificationPayload {
             case .tooLong: return "too_long"
             case .notAnEventID: return "not_an_id"
             case .outOfRange: return "out_of_range"
+            case .notAnEvent: return "not_an_event"
             }
         }
     }
@@ -41,6 +45,35 @@ public enum NotificationPayload {
         }
         guard let id = Int64(payload), id > 0 else { throw .outOfRange(preview: preview(payload)) }
         return id
+    }
+
+    /// Parses what emit() sends on the private channel (0004_private_channel): the event itself,
+    /// `<id> <kind> <write time, µs since the epoch> <payload JSON>`. Only the shape is checked
+    /// here; the worker decodes the payload with the same reader as the log's rows and reads
+    /// the event from the log instead whenever anything about it is unusual.
+    public static func parseEvent(_ payload: String) throws(Malformed) -> NotifiedEvent {
+        let utf8 = payload.utf8
+        if utf8.isEmpty { throw .empty }
+        let space = UInt8(ascii: " ")
+        // Three fields before the payload, each ended by one space.
+        var bounds: [String.UTF8View.Index] = []
+        var index = utf8.startIndex
+        while bounds.count < 3, let next = utf8[index...].firstIndex(of: space) {
+            bounds.append(next)
+            index = utf8.index(after: next)
+        }
+        guard bounds.count == 3, index < utf8.endIndex else { throw .notAnEvent(preview: preview(payload)) }
+        let id = try parseEventID(String(payload[payload.startIndex..<bounds[0]]))
+        let kind = payload[payload.index(after: bounds[0])..<bounds[1]]
+        let micros = payload[payload.index(after: bounds[1])..<bounds[2]]
+        // Kinds are lower-case snake names (EventKind); a start time is 1 to 19 digits.
+        guard (1...63).contains(kind.utf8.count),
+              kind.utf8.allSatisfy({ ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z")) || $0 == UInt8(ascii: "_") }),
+              (1...19).contains(micros.utf8.count),
+              micros.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+              let startMicros = Int64(micros)
+        else { throw .notAnEvent(preview: preview(payload)) }
+        return NotifiedEvent(id: id, kind: String(kind), startMicros: startMicros, payload: String(payload[index...]))
     }
 
     /// A bounded, quoted rendering of hostile text that is safe to put in a log line.
@@ -63,5 +96,22 @@ public enum NotificationPayload {
         }
         if text.unicodeScalars.count > limit { out += "…" }
         return "\"" + out + "\""
+    }
+}
+
+/// An event as the private channel carries it, before its payload is decoded.
+public struct NotifiedEvent: Sendable, Equatable {
+    public var id: Int64
+    public var kind: String
+    /// When the trigger wrote the event, microseconds since the Unix epoch.
+    public var startMicros: Int64
+    /// The event's payload as the log holds it (jsonb's text), not yet decoded.
+    public var payload: String
+
+    public init(id: Int64, kind: String, startMicros: Int64, payload: String) {
+        self.id = id
+        self.kind = kind
+        self.startMicros = startMicros
+        self.payload = payload
     }
 }

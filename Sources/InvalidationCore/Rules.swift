@@ -39,6 +39,12 @@ public struct RuleSet: Sendable, Equatable {
         self.rules = rules
     }
 
+    /// Whether any rule of `kind` deletes by pattern (a `SCAN MATCH`, or a whole family). Such
+    /// an event is only ever taken from the log, never from a notification.
+    public func deletesByPattern(_ kind: EventKind) -> Bool {
+        rules[kind]?.contains { if case .pattern = $0.target { return true } else { return false } } ?? false
+    }
+
     /// The rules the product ships with: the SPEC's table, embedded so a bare binary works.
     public static func defaults() -> RuleSet {
         // The embedded text is also shipped as rules/default-rules.json; a test keeps them equal.

@@ -16,10 +16,14 @@ struct PrivilegeTests {
         }
         let workerURL = harness.servers.postgresURL(database: harness.databaseName, user: "cache_invalidator")
         harness.startWorker { $0.databaseURL = workerURL }
+        try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
         try harness.seed(["tx:9:0xrole", "user:9"])
         try harness.sql(DeliveryTests.settledTrade(9, "0xrole"))
         try harness.waitUntilProcessed()
         #expect(try harness.deleted(among: ["tx:9:0xrole", "user:9"]) == ["tx:9:0xrole"])
+        // The grant of listen_privately() works: the event came from its notification.
+        try harness.waitFor("the event taken from the private channel") { $0.eventsFromNotifications == 1 }
+        #expect(!harness.logs.captured.contains { $0.contains("cannot listen on the private channel") })
         harness.stopWorker()
 
         let worker = try PGConnection(conninfo: workerURL)
@@ -30,6 +34,8 @@ struct PrivilegeTests {
             #"SELECT cache_invalidation.emit('table_truncated', '{"table":"wallets"}')"#,
             "UPDATE cache_invalidation.events SET payload = '{}'",
             "TRUNCATE trades",
+            // The channel's name is the capability to send events on it: not readable.
+            "SELECT name FROM cache_invalidation.private_channel",
         ]
         for statement in forbidden {
             #expect {

@@ -28,5 +28,15 @@ GRANT DELETE ON cache_invalidation.events TO cache_invalidator;
 -- For `cache-invalidator check`: which triggers should exist, and the schema version.
 GRANT SELECT ON cache_invalidation.expected_triggers TO cache_invalidator;
 GRANT SELECT ON public.cache_invalidator_schema_migrations TO cache_invalidator;
+-- The private channel (0004_private_channel): notifications that carry the event, so the worker
+-- deletes without reading the log first. The function LISTENs for the caller and returns the
+-- channel's name; the table holding the name stays unreadable. Skipped before 0004 is applied.
+DO $$
+BEGIN
+    IF to_regprocedure('cache_invalidation.listen_privately()') IS NOT NULL THEN
+        GRANT EXECUTE ON FUNCTION cache_invalidation.listen_privately() TO cache_invalidator;
+    END IF;
+END
+$$;
 
 COMMIT;
