@@ -8,13 +8,21 @@ BEGIN;
 -- can connect could read every user's telegram id and addresses off it, and forge deletions.
 --
 -- So emit() also sends the event itself (id, kind, write time, payload) on a second channel
--- whose name is a 122-bit random secret, generated here and readable only by this schema's
--- owner. The worker LISTENs to it through listen_privately(), which only roles granted EXECUTE
--- can call and which never shows the name in the worker's own statements. Knowing the name is
--- then the capability to send on it: no role without it can forge an event there, and none can
--- listen in. The worker still takes patterns and whole-family deletions (wallet_deleted,
--- table_truncated) only from the log, and acknowledges every event in the log as before: the
--- log stays the source of truth, the private notification is only the fast path.
+-- whose name is a 122-bit random secret. The worker's listen_privately() draws a new name on
+-- every connect, stores it where only emit() can read it and LISTENs to it. Knowing the name is
+-- then the capability to send on the channel and to listen in:
+--   - the table holding it has row-level security without any policy, so no role sees its row
+--     but its owner (emit's owner) and superusers: not the roles that default privileges grant
+--     SELECT on new tables to, nor members of pg_read_all_data (a typical analytics role);
+--   - emit() and listen_privately() run with trace_notify = off, which any role could otherwise
+--     turn on to see the channel named in a DEBUG message of its own NOTIFY;
+--   - the worker's statements never contain it; a copy in a dump or a replica is stale after
+--     the worker's next connect.
+-- Even so the worker trusts the channel only as far as it must: it takes patterns and
+-- whole-family deletions (wallet_deleted, table_truncated) only from the log, and acknowledges a
+-- notified event only if the log holds that very event (same id, kind and payload); anything
+-- else is read from the log by id. The log stays the source of truth, the private notification
+-- is only the fast path.
 --
 -- The public channel keeps its id-only notification, so a worker older than this migration
 -- (or one not granted listen_privately) works exactly as before.
@@ -31,32 +39,48 @@ BEGIN
 END
 $$;
 
--- One row. Applying this file again keeps the name, so a running worker stays subscribed. To
--- change it (say it leaked): UPDATE this row, then restart the worker; meanwhile it is woken
--- through the public channel and reads events from the log, as before this migration.
+-- One row, written only by listen_privately().
 CREATE TABLE IF NOT EXISTS cache_invalidation.private_channel (
-    name    text NOT NULL CHECK (name ~ '^[a-z0-9_]{32,63}$'),
+    name    text NOT NULL CHECK (name ~ '^cache_invalidation_[0-9a-f]{32}$'),
     one_row bool PRIMARY KEY DEFAULT true CHECK (one_row)
 );
-REVOKE ALL ON cache_invalidation.private_channel FROM PUBLIC;
--- gen_random_uuid() draws from pg_strong_random (the OS's CSPRNG); 122 of its bits are random.
-INSERT INTO cache_invalidation.private_channel (name)
-VALUES ('cache_invalidation_' || replace(gen_random_uuid()::text, '-', ''))
-ON CONFLICT (one_row) DO NOTHING;
+ALTER TABLE cache_invalidation.private_channel ENABLE ROW LEVEL SECURITY;
+-- No grant at all, not even one that default privileges added when the table was created.
+DO $$
+DECLARE
+    v_grantee oid;
+BEGIN
+    FOR v_grantee IN
+        SELECT DISTINCT a.grantee
+          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         WHERE c.oid = 'cache_invalidation.private_channel'::regclass AND a.grantee <> c.relowner
+    LOOP
+        IF v_grantee = 0 THEN
+            REVOKE ALL ON cache_invalidation.private_channel FROM PUBLIC;
+        ELSE
+            EXECUTE format('REVOKE ALL ON cache_invalidation.private_channel FROM %I', pg_catalog.pg_get_userbyid(v_grantee));
+        END IF;
+    END LOOP;
+END
+$$;
 
--- LISTENs on the private channel in the caller's session and returns its name. EXECUTE is
--- granted to the worker's role by the DBA, like its other privileges:
+-- LISTENs on a new private channel in the caller's session and returns its name; emit() sends
+-- on it from the moment this commits. EXECUTE is granted to the worker's role by the DBA, like
+-- its other privileges:
 --   GRANT EXECUTE ON FUNCTION cache_invalidation.listen_privately() TO <worker>;
 CREATE OR REPLACE FUNCTION cache_invalidation.listen_privately()
 RETURNS text
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET trace_notify = off
 AS $$
 DECLARE
-    v_name text;
+    -- gen_random_uuid() draws from pg_strong_random (the OS's CSPRNG); 122 of its bits are random.
+    v_name text := 'cache_invalidation_' || replace(gen_random_uuid()::text, '-', '');
 BEGIN
-    SELECT c.name INTO STRICT v_name FROM cache_invalidation.private_channel c;
+    INSERT INTO cache_invalidation.private_channel (name) VALUES (v_name)
+    ON CONFLICT (one_row) DO UPDATE SET name = EXCLUDED.name;
     EXECUTE format('LISTEN %I', v_name);
     RETURN v_name;
 END;
@@ -68,6 +92,7 @@ RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET trace_notify = off
 AS $$
 DECLARE
     v_id bigint;
@@ -83,7 +108,8 @@ BEGIN
         PERFORM pg_advisory_unlock_shared(7161114182524956280);
         -- "<id> <kind> <write time, µs since the epoch> <payload>". Past the 8000 bytes a
         -- notification may hold (a row with a very long value), only the id goes out, on the
-        -- public channel below, and the worker reads the event from the log.
+        -- public channel below, and the worker reads the event from the log. Without a row (no
+        -- worker has listened yet) only the public channel is notified.
         v_message := v_id::text || ' ' || p_kind || ' ' || v_micros::text || ' ' || p_payload::text;
         IF octet_length(v_message) < 8000 THEN
             PERFORM pg_notify(c.name, v_message) FROM cache_invalidation.private_channel c;
@@ -94,6 +120,20 @@ BEGIN
 END;
 $$;
 REVOKE ALL ON FUNCTION cache_invalidation.emit(text, jsonb) FROM PUBLIC;
+
+-- emit() reads the name with its owner's rights, and row-level security shows the row to the
+-- table's owner only: the table and listen_privately() belong to emit()'s owner, whoever applies
+-- this file (CREATE OR REPLACE keeps an existing function's owner). Fails, and applies nothing,
+-- if the applying role may not give them to that owner.
+DO $$
+DECLARE
+    v_owner text := (SELECT pg_catalog.pg_get_userbyid(p.proowner) FROM pg_catalog.pg_proc p
+                      WHERE p.oid = 'cache_invalidation.emit(text,jsonb)'::regprocedure);
+BEGIN
+    EXECUTE format('ALTER TABLE cache_invalidation.private_channel OWNER TO %I', v_owner);
+    EXECUTE format('ALTER FUNCTION cache_invalidation.listen_privately() OWNER TO %I', v_owner);
+END
+$$;
 
 INSERT INTO public.cache_invalidator_schema_migrations (version, name)
 VALUES (4, 'private_channel')

@@ -95,6 +95,17 @@ struct EventLog {
             ORDER BY e.id
             """, parameterCount: 2)
         try connection.prepare("ci_ack", acknowledging(1), parameterCount: 1)
+        // Events the private channel carried (0004): acknowledged only where the log holds that
+        // very event. The payload is compared as jsonb's text, which is what emit() sent, so
+        // nothing from a notification is ever cast or parsed by Postgres. Matched by position
+        // (ids are distinct), not joined: a join's generic plan could scan the whole log.
+        try connection.prepare("ci_ack_notified", """
+            UPDATE cache_invalidation.events e SET processed_at = clock_timestamp()
+            WHERE e.id = ANY($1::int8[]) AND e.processed_at IS NULL
+              AND e.kind = ($2::text[])[array_position($1::int8[], e.id)]
+              AND e.payload::text = ($3::text[])[array_position($1::int8[], e.id)]
+            RETURNING e.id, (extract(epoch FROM \(commitTimestamps ? "COALESCE(pg_xact_commit_timestamp(e.xmin), e.created_at)" : "e.created_at")) * 1000000)::int8
+            """, parameterCount: 3)
         self.knownKinds = PostgresArray.text(EventKind.allNames)
     }
 
@@ -275,6 +286,19 @@ struct EventLog {
     func acknowledge(_ ids: [Int64]) throws(PostgresError) {
         guard !ids.isEmpty else { return }
         try connection.execute(prepared: "ci_ack", [PostgresArray.integers(ids)])
+    }
+
+    /// Acknowledges the notified events the log holds exactly as notified; returns their ids with
+    /// the lag start (as `columns` computes it). Only after Redis confirmed their deletions.
+    func acknowledgeNotified(_ events: [(id: Int64, kind: String, payload: String)]) throws(PostgresError) -> [Int64: Int64] {
+        guard !events.isEmpty else { return [:] }
+        let rows = try connection.execute(prepared: "ci_ack_notified", [
+            PostgresArray.integers(events.map(\.id)), PostgresArray.text(events.map(\.kind)), PostgresArray.text(events.map(\.payload))])
+        var starts: [Int64: Int64] = [:]
+        for row in rows.rows {
+            if let id = row[0].flatMap({ Int64($0) }) { starts[id] = row[1].flatMap { Int64($0) } ?? 0 }
+        }
+        return starts
     }
 
     /// Of the ids notifications named, those the log has never held: forged or mistaken notifications.

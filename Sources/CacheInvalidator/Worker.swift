@@ -93,9 +93,10 @@ final class Worker {
     /// The private channel's name (0004) while this session LISTENs to it.
     private var privateChannel: String?
     private var warnedPrivateChannelNotGranted = false
-    /// Events the private channel carried, to delete without reading them from the log first
-    /// (they are still acknowledged in the log). In arrival order; `notifiedIDs` are their ids.
-    private var notifiedEvents: [InvalidationEvent] = []
+    /// Events the private channel carried, to delete without reading them from the log first,
+    /// with their payload as sent (acknowledged only if the log holds exactly that event). In
+    /// arrival order; `notifiedIDs` are their ids.
+    private var notifiedEvents: [(event: InvalidationEvent, payload: String)] = []
     private var notifiedIDs: Set<Int64> = []
 
     private var interval = LagStatistics()
@@ -229,17 +230,22 @@ final class Worker {
             // drain or announced by a notification, never in neither.
             try eventLog.listen()
             quietNotify = try eventLog.hasQuietNotify()
-            switch try eventLog.listenPrivately() {
-            case .listening(let name):
-                privateChannel = name
-            case .notInstalled:
-                privateChannel = nil
-            case .notGranted:
-                privateChannel = nil
-                if !warnedPrivateChannelNotGranted {
-                    warnedPrivateChannelNotGranted = true
-                    logger.warning("cannot listen on the private channel: every event is read from the log after its notification, one more round trip of lag; GRANT EXECUTE ON FUNCTION cache_invalidation.listen_privately() TO this role (deploy/postgres/roles.sql)")
+            privateChannel = nil
+            do {
+                switch try eventLog.listenPrivately() {
+                case .listening(let name):
+                    privateChannel = name
+                case .notInstalled:
+                    break
+                case .notGranted:
+                    if !warnedPrivateChannelNotGranted {
+                        warnedPrivateChannelNotGranted = true
+                        logger.warning("cannot listen on the private channel: every event is read from the log after its notification, one more round trip of lag; GRANT EXECUTE ON FUNCTION cache_invalidation.listen_privately() TO this role (deploy/postgres/roles.sql)")
+                    }
                 }
+            } catch where error.code == .queryFailed {
+                // A fast path lost, nothing else: the public channel still names every event.
+                logger.error("cannot listen on the private channel; every event is read from the log after its notification (one more round trip of lag)", metadata: [LogKey.error: "\(error)"])
             }
         } catch {
             postgresFailed(error)
@@ -305,6 +311,9 @@ final class Worker {
         // reconnecting (deletions are idempotent).
         polling = PollingState()
         privateChannel = nil
+        // The drain after reconnecting finds them in the log.
+        notifiedEvents.removeAll(keepingCapacity: false)
+        notifiedIDs.removeAll(keepingCapacity: false)
         needsDrain = true
         statistics.update { $0.postgresErrors += 1 }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
@@ -426,7 +435,9 @@ final class Worker {
     /// A whole event from the private channel, which only emit() can send on (its name is a
     /// secret). Deleted straight from the notification when that is safe; anything unusual (a
     /// pattern or whole-family rule, a kind this worker does not know, a payload the log path
-    /// would log about) is read from the log instead, by id, as on the public channel.
+    /// would log about) is read from the log instead, by id, as on the public channel. Nothing
+    /// here can keep an event from being read from the log: its id stays named until the log
+    /// confirms that it holds this very event (`invalidateNotified`).
     private func handlePrivate(_ notification: PGNotification) {
         do {
             let notified = try NotificationPayload.parseEvent(notification.payload)
@@ -434,9 +445,8 @@ final class Worker {
             guard !recentIDs.contains(notified.id) && !notifiedIDs.contains(notified.id) else { return }
             if let kind = EventKind(rawValue: notified.kind), !config.rules.deletesByPattern(kind),
                let decoded = try? EventPayload.decodeReportingOversized(notified.payload), decoded.oversized.isEmpty {
-                notifiedEvents.append(InvalidationEvent(id: notified.id, kind: kind, fields: decoded.fields, startMicros: notified.startMicros))
+                notifiedEvents.append((InvalidationEvent(id: notified.id, kind: kind, fields: decoded.fields, startMicros: notified.startMicros), notified.payload))
                 notifiedIDs.insert(notified.id)
-                namedIDs.remove(notified.id)
             } else {
                 namedIDs.insert(notified.id)
             }
@@ -448,11 +458,12 @@ final class Worker {
                 logger.warning("too many notified events waiting; draining the log instead")
             }
         } catch {
-            // Only emit() knows the channel, so this is a bug or a leaked name, not noise.
+            // Only emit() knows the channel, so this is a bug or a leaked name, not noise. The
+            // payload is not logged: on this channel it may be a user's data.
             statistics.update { $0.malformedNotifications += 1 }
             logger.error("ignored a malformed notification on the private channel", metadata: [
                 LogKey.reason: "\(error.reasonCode)",
-                LogKey.error: "\(error)",
+                LogKey.error: "payload of \(notification.payload.utf8.count) bytes",
                 LogKey.senderPID: "\(notification.senderPID)",
             ])
         }
@@ -466,16 +477,12 @@ final class Worker {
     private func processPending() {
         // Those would be fetched again: acknowledge them first.
         guard acknowledgePolled() else { return }
-        if !notifiedEvents.isEmpty {
-            // First: these need no round trip to Postgres before their deletion.
-            var fetched = EventLog.Fetched()
-            fetched.events = notifiedEvents
-            fetched.rowCount = notifiedEvents.count
-            fetched.maxID = notifiedEvents.map(\.id).max() ?? 0
-            notifiedEvents.removeAll(keepingCapacity: true)
-            notifiedIDs.removeAll(keepingCapacity: true)
-            guard invalidate(fetched) else { return }
-            statistics.update { $0.eventsFromNotifications += UInt64(fetched.rowCount) }
+        // First: these need no round trip to Postgres before their deletion.
+        while !notifiedEvents.isEmpty && !stopping {
+            let slice = Array(notifiedEvents.prefix(config.batchSize))
+            notifiedEvents.removeFirst(slice.count)
+            for item in slice { notifiedIDs.remove(item.event.id) }
+            guard invalidateNotified(slice) else { return }
         }
         if needsDrain {
             guard drainPass() else { return }
@@ -599,6 +606,45 @@ final class Worker {
         return true
     }
 
+    /// Deletes the keys of events the private channel carried, then acknowledges those the log
+    /// holds exactly as notified (id, kind and payload), in one statement that also returns their
+    /// lag start. Any other id (a forgery, should the channel's name have leaked, or an event
+    /// processed meanwhile) is not acknowledged but named, so it is read from the log like a
+    /// public notification's: a notification can never stand in for its event in the log.
+    private func invalidateNotified(_ notified: [(event: InvalidationEvent, payload: String)]) -> Bool {
+        guard let eventLog else { return false }
+        var fetched = EventLog.Fetched()
+        fetched.events = notified.map(\.event)
+        fetched.rowCount = notified.count
+        fetched.maxID = fetched.events.map(\.id).max() ?? 0
+        guard var deleted = delete(fetched) else { return false }
+        let starts: [Int64: Int64]
+        do {
+            starts = try eventLog.acknowledgeNotified(notified.map { ($0.event.id, $0.event.kind.rawValue, $0.payload) })
+        } catch {
+            // Deleted, not acknowledged: redone after reconnecting (at-least-once).
+            postgresFailed(error)
+            return false
+        }
+        postgresRoundTripSucceeded()
+        var confirmed: [InvalidationEvent] = []
+        confirmed.reserveCapacity(starts.count)
+        for var event in fetched.events {
+            if let start = starts[event.id] {
+                event.startMicros = start
+                confirmed.append(event)
+            } else {
+                namedIDs.insert(event.id)
+            }
+        }
+        deleted.fetched.events = confirmed
+        deleted.fetched.rowCount = confirmed.count
+        deleted.ids = confirmed.map(\.id)
+        record(deleted)
+        statistics.update { $0.eventsFromNotifications += UInt64(confirmed.count) }
+        return true
+    }
+
     /// A batch whose keys Redis confirmed gone, waiting to be acknowledged and recorded.
     private struct Deleted {
         var fetched: EventLog.Fetched
@@ -673,7 +719,9 @@ final class Worker {
         if let last = fetched.events.last { highestProcessedID = max(highestProcessedID, last.id) }
         if polling.pace == .notified { windowEvents += fetched.events.count }
         for (index, event) in fetched.events.enumerated() {
-            let lag = confirmedAt - event.startMicros * 1000
+            // Overflow-safe: a start point is data from the log or a notification.
+            let (startNanoseconds, overflow) = event.startMicros.multipliedReportingOverflow(by: 1000)
+            let lag = overflow ? 0 : confirmedAt.subtractingReportingOverflow(startNanoseconds).partialValue
             interval.record(lagNanoseconds: lag)
             metrics?.observe(lagNanoseconds: lag)
             byKind[event.kind, default: 0] += 1

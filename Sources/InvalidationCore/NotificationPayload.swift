@@ -47,6 +47,9 @@ public enum NotificationPayload {
         return id
     }
 
+    /// The latest write time a private notification may carry, µs since the epoch (2096).
+    public static let maximumStartMicros: Int64 = 4_000_000_000_000_000
+
     /// Parses what emit() sends on the private channel (0004_private_channel): the event itself,
     /// `<id> <kind> <write time, µs since the epoch> <payload JSON>`. Only the shape is checked
     /// here; the worker decodes the payload with the same reader as the log's rows and reads
@@ -71,7 +74,9 @@ public enum NotificationPayload {
               kind.utf8.allSatisfy({ ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z")) || $0 == UInt8(ascii: "_") }),
               (1...19).contains(micros.utf8.count),
               micros.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
-              let startMicros = Int64(micros)
+              let startMicros = Int64(micros),
+              // In nanoseconds it must fit an Int64 (the year 2262); this bound is the year 2096.
+              startMicros <= maximumStartMicros
         else { throw .notAnEvent(preview: preview(payload)) }
         return NotifiedEvent(id: id, kind: String(kind), startMicros: startMicros, payload: String(payload[index...]))
     }

@@ -1,3 +1,4 @@
+import CacheInvalidator
 import Foundation
 import Glibc
 import PostgresClient
@@ -44,28 +45,68 @@ struct PrivateChannelTests {
     }
 
     /// The secret is what makes the channel trustworthy: no role without the grant can read the
-    /// name or subscribe, and what it sends on the public channel in the private format deletes
-    /// nothing.
+    /// name (not even one that reads all data, or that default privileges grant every new table
+    /// to), see it in a debug message of its own NOTIFY, or subscribe; and what it sends on the
+    /// public channel in the private format deletes nothing.
     @Test func aRoleWithoutTheGrantCanNeitherLearnNorUseTheChannel() throws {
-        let harness = try Harness()
+        let harness = try Harness(migrate: false)
         let role = "snoop_\(harness.databaseName)"
-        try harness.sql("CREATE ROLE \(role) LOGIN; GRANT USAGE ON SCHEMA cache_invalidation TO \(role)")
+        // Default privileges in force when 0004 creates its table, as a DBA may have set them up.
+        try harness.sql("CREATE ROLE \(role) LOGIN; GRANT pg_read_all_data TO \(role); ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO \(role)")
         defer { _ = try? harness.sql("DROP OWNED BY \(role); DROP ROLE \(role)") }
+        _ = try Migrator(connection: harness.db, directory: Harness.migrationsDirectory, logger: harness.quietLogger()).up()
         harness.startWorker()
         try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
         try harness.seed(["user:7", "wallet_balance:0xA7"])
-        let snoop = try PGConnection(conninfo: harness.servers.postgresURL(database: harness.databaseName, user: role))
-        for statement in ["SELECT name FROM cache_invalidation.private_channel", "SELECT cache_invalidation.listen_privately()"] {
+        let name = try Self.channelName(harness)
+        let url = harness.servers.postgresURL(database: harness.databaseName, user: role)
+        let snoop = try PGConnection(conninfo: url)
+        #expect(try snoop.execute("SELECT count(*) FROM cache_invalidation.private_channel")[0, 0] == "0", "row-level security hides the row")
+        for statement in ["SELECT cache_invalidation.listen_privately()",
+                          "UPDATE cache_invalidation.private_channel SET name = 'cache_invalidation_00000000000000000000000000000000'",
+                          "INSERT INTO cache_invalidation.private_channel (name, one_row) VALUES ('cache_invalidation_00000000000000000000000000000000', false)"] {
             #expect { try snoop.execute(statement) } throws: { ($0 as? PostgresError)?.sqlState == "42501" }
         }
+        // Its own NOTIFY, traced: the DEBUG lines name no channel of emit()'s.
+        let script = FileManager.default.temporaryDirectory.appendingPathComponent("snoop-\(UUID().uuidString).sql").path
+        defer { unlink(script) }
+        try "SET trace_notify = on;\nSET client_min_messages = debug1;\nBEGIN;\nSELECT cache_invalidation.request_refresh(7);\nNOTIFY mine;\nROLLBACK;\n".write(toFile: script, atomically: true, encoding: .utf8)
+        let traced = try MigrationTests.psql(url, file: script)
+        #expect(traced.status == 0 && traced.output.contains("Async_Notify(mine)"), "\(traced.output)")
+        #expect(!traced.output.contains(name) && !traced.output.contains("cache_invalidation_"), "\(traced.output)")
         // The worker's own statements never name the channel.
-        let name = try Self.channelName(harness)
         #expect(try harness.count("SELECT count(*) FROM pg_stat_activity WHERE position($1 IN query) > 0 AND pid <> pg_backend_pid()", [name]) == 0)
         // The private format on the public channel is not an event id: ignored, counted.
         try snoop.execute("SELECT pg_notify('cache_invalidation', $1)", [#"1 wallet_created 1 {"telegram_id":"7","address":"0xA7"}"#])
         try harness.waitFor("the forgery counted") { $0.malformedNotifications == 1 }
         #expect(try harness.deleted(among: ["user:7", "wallet_balance:0xA7"]).isEmpty)
         #expect(harness.worker!.statistics.snapshot.eventsProcessed == 0)
+        harness.stopWorker()
+    }
+
+    /// Should the name leak, a forged event that carries the id of a real one (here: ahead of a
+    /// wallet deletion, whose pattern rule only the log may trigger) cannot stand in for it: the
+    /// log does not hold that event, so nothing is acknowledged in its name, and the real event is
+    /// read from the log and fully processed.
+    @Test func aForgedEventCannotStandInForTheRealOne() throws {
+        let harness = try Harness()
+        try harness.sql("INSERT INTO wallets (telegram_id, address) VALUES (101, '0xA1')")
+        harness.startWorker()
+        try harness.waitUntilProcessed()
+        try harness.waitFor("the wallet event") { $0.eventsProcessed == 1 }
+        try harness.seed(["temp_sell_data:101:s1", "user:101", "portfolio:101"])
+        let name = try Self.channelName(harness)
+        try harness.sql("BEGIN")
+        let next = try harness.sql("SELECT last_value + 1 FROM cache_invalidation.events_id_seq")[0, 0]!
+        try harness.sql("SELECT pg_notify($1, $2)", [name, next + #" settings_changed 1 {"telegram_id":"101"}"#])
+        try harness.sql("DELETE FROM wallets WHERE telegram_id = 101")
+        try harness.sql("COMMIT")
+        #expect(try harness.sql("SELECT kind FROM cache_invalidation.events WHERE id = $1", [next])[0, 0] == "wallet_deleted")
+        try harness.waitUntilProcessed()
+        try harness.waitFor("the deletion recorded") { $0.eventsProcessed == 2 }
+        #expect(try harness.deleted(among: ["temp_sell_data:101:s1", "user:101", "portfolio:101"]) == ["temp_sell_data:101:s1", "user:101", "portfolio:101"])
+        // The creation was drained at start, the deletion read from the log.
+        #expect(harness.worker!.statistics.snapshot.eventsFromNotifications == 0)
         harness.stopWorker()
     }
 
@@ -89,11 +130,20 @@ struct PrivateChannelTests {
         }
         try harness.waitFor("the malformed ones counted") { $0.malformedNotifications == UInt64(malformed.count) }
         try harness.waitFor("the others found forged in the log") { $0.forgedNotifications == 4 }
+        #expect(try harness.deleted(among: ["tx:8:0xgood", "user:66", "user:67"]).isEmpty)
+        // Fit for the fast path, but no such event: what a leaked name can do is delete the keys
+        // it names (never a pattern); nothing is acknowledged or recorded for it, and it is
+        // counted as forged.
+        try sender.execute("SELECT pg_notify($1, $2)", [name, #"900005 wallet_created 1 {"telegram_id":"67","address":"0xA67"}"#])
+        try harness.waitFor("the fifth forgery counted") { $0.forgedNotifications == 5 }
         try harness.sql(DeliveryTests.settledTrade(8, "0xgood"))
         try harness.waitUntilProcessed()
-        #expect(try harness.deleted(among: ["tx:8:0xgood", "user:66", "user:67"]) == ["tx:8:0xgood"])
+        try harness.waitFor("only the real event recorded") { $0.eventsProcessed == 1 }
+        #expect(try harness.deleted(among: ["tx:8:0xgood", "user:66", "user:67"]) == ["tx:8:0xgood", "user:67"])
+        #expect(harness.worker!.statistics.snapshot.eventsFromNotifications == 1)
         let errors = harness.logs.captured.filter { $0.contains("malformed notification on the private channel") }
         #expect(errors.count == malformed.count && errors.allSatisfy { !$0.contains("\n") && $0.count < 2_000 })
+        #expect(!errors.contains { $0.contains("garbage") || $0.contains("99999") }, "payloads are not logged")
         harness.stopWorker()
     }
 
@@ -121,18 +171,20 @@ struct PrivateChannelTests {
         harness.stopWorker()
     }
 
-    /// Re-applying keeps the name (a running worker stays subscribed); down restores 0003's
-    /// emit(), which notifies the id only; 0004 refuses to go on without 0003.
-    @Test func migrationKeepsItsNameRollsBackAndNeedsQuietNotify() throws {
+    /// Every listen_privately() draws a new name (a copy of an old one, in a dump, is stale);
+    /// re-applying keeps it; down restores 0003's emit(), which notifies the id only; 0004
+    /// refuses to go on without 0003.
+    @Test func migrationRotatesTheNameRollsBackAndNeedsQuietNotify() throws {
         let harness = try Harness()
         let migrations = Harness.migrationsDirectory
-        let name = try Self.channelName(harness)
-        #expect(name.hasPrefix("cache_invalidation_") && name.utf8.count == 51)
+        #expect(try harness.count("SELECT count(*) FROM cache_invalidation.private_channel") == 0, "no name before a worker listens")
+        let first = try #require(try harness.sql("SELECT cache_invalidation.listen_privately()")[0, 0])
+        let listener = try PGConnection(conninfo: harness.databaseURL)
+        let name = try #require(try listener.execute("SELECT cache_invalidation.listen_privately()")[0, 0])
+        #expect(name != first && name.hasPrefix("cache_invalidation_") && name.utf8.count == 51)
+        #expect(try Self.channelName(harness) == name)
         #expect(try MigrationTests.psql(harness.databaseURL, file: migrations + "/0004_private_channel.up.sql").status == 0)
         #expect(try Self.channelName(harness) == name)
-
-        let listener = try PGConnection(conninfo: harness.databaseURL)
-        #expect(try listener.execute("SELECT cache_invalidation.listen_privately()")[0, 0] == name)
         try listener.execute("LISTEN cache_invalidation")
         try harness.sql("INSERT INTO wallets (telegram_id, address) VALUES (1, '0xM1')")
         let both = try Self.notifications(on: listener, count: 2)
@@ -152,6 +204,34 @@ struct PrivateChannelTests {
         let refused = try MigrationTests.psql(harness.databaseURL, file: migrations + "/0004_private_channel.up.sql")
         #expect(refused.status != 0 && refused.output.contains("needs 0003_quiet_notify"), "\(refused.output)")
         #expect(try harness.sql("SELECT to_regclass('cache_invalidation.private_channel')")[0, 0] == nil)
+    }
+
+    /// 0004 gives its table and function to emit()'s owner, whoever applies it: row-level security
+    /// shows the row to the table's owner only, and emit() reads it with its owner's rights.
+    @Test func theChannelBelongsToEmitsOwnerWhoeverAppliesTheMigration() throws {
+        let harness = try Harness(migrate: false)
+        let migrator = try Migrator(connection: harness.db, directory: Harness.migrationsDirectory, logger: harness.quietLogger())
+        _ = try migrator.up(to: 3)
+        let dba = "dba_\(harness.databaseName)"
+        try harness.sql("CREATE ROLE \(dba) LOGIN; GRANT CREATE, USAGE ON SCHEMA cache_invalidation TO \(dba); GRANT postgres TO \(dba)")
+        defer { _ = try? harness.sql("DROP OWNED BY \(dba); DROP ROLE \(dba)") }
+        let applied = try MigrationTests.psql(harness.servers.postgresURL(database: harness.databaseName, user: dba),
+                                              file: Harness.migrationsDirectory + "/0004_private_channel.up.sql")
+        #expect(applied.status == 0, "\(applied.output)")
+        let owners = try harness.sql("""
+            SELECT (SELECT relowner FROM pg_class WHERE oid = 'cache_invalidation.private_channel'::regclass) = p.proowner,
+                   (SELECT proowner FROM pg_proc WHERE oid = 'cache_invalidation.listen_privately()'::regprocedure) = p.proowner
+            FROM pg_proc p WHERE p.oid = 'cache_invalidation.emit(text,jsonb)'::regprocedure
+            """)
+        #expect(owners.rows[0] == ["t", "t"])
+        harness.startWorker()
+        try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
+        try harness.seed(["user:3"])
+        try harness.sql("INSERT INTO wallets (telegram_id, address) VALUES (3, '0xO3')")
+        try harness.waitUntilProcessed()
+        try harness.waitFor("taken from the notification") { $0.eventsFromNotifications == 1 }
+        #expect(try harness.deleted(among: ["user:3"]) == ["user:3"])
+        harness.stopWorker()
     }
 
     /// Waits (at most 5 s) for `count` notifications on `connection`.

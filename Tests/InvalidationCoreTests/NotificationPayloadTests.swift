@@ -28,6 +28,7 @@ struct NotificationPayloadTests {
                                        payload: #"{"side": "sell", "tx_hash": "0x h", "telegram_id": "7"}"#))
         // The payload is everything after the third space, spaces and all.
         #expect(try NotificationPayload.parseEvent("1 k 0  x ").payload == " x ")
+        #expect(try NotificationPayload.parseEvent("1 k \(NotificationPayload.maximumStartMicros) {}").startMicros == NotificationPayload.maximumStartMicros)
     }
 
     @Test(arguments: [
@@ -42,6 +43,8 @@ struct NotificationPayloadTests {
         ("42 trade_settled -1 {}", "not_an_event"), ("42 trade_settled 1.5 {}", "not_an_event"),
         ("42 trade_settled 99999999999999999999 {}", "not_an_event"),
         ("42 trade_settled 9223372036854775808 {}", "not_an_event"),
+        // Fits an Int64 but not once in nanoseconds: refused rather than overflowing the lag.
+        ("42 settings_changed 9223372036854775807 {}", "not_an_event"), ("42 settings_changed 4000000000000001 {}", "not_an_event"),
         ("42 trade_settled ١ {}", "not_an_event"), ("{\"id\":42}", "not_an_event"),
     ])
     func malformedEventsAreRefused(payload: String, reason: String) {
