@@ -628,15 +628,19 @@ final class Worker {
         }
         postgresRoundTripSucceeded()
         var confirmed: [InvalidationEvent] = []
+        var rendered: [(keys: Int, patterns: Int)] = []
         confirmed.reserveCapacity(starts.count)
-        for var event in fetched.events {
+        for (index, var event) in fetched.events.enumerated() {
             if let start = starts[event.id] {
                 event.startMicros = start
                 confirmed.append(event)
+                // Per-event counts exist only at debug level; they must stay beside their events.
+                if index < deleted.rendered.count { rendered.append(deleted.rendered[index]) }
             } else {
                 namedIDs.insert(event.id)
             }
         }
+        deleted.rendered = rendered
         deleted.fetched.events = confirmed
         deleted.fetched.rowCount = confirmed.count
         deleted.ids = confirmed.map(\.id)
