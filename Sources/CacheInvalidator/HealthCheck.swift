@@ -93,6 +93,7 @@ public struct HealthCheck {
                             detail: missing.isEmpty ? "can read, acknowledge\(configuration.retentionSeconds > 0 ? " and prune" : "") events" : "missing \(missing.joined(separator: ", ")); apply deploy/postgres/roles.sql")]
         }
         section("triggers") { () throws(PostgresError) -> [Finding] in try triggerFindings(connection) }
+        section("private channel") { () throws(PostgresError) -> [Finding] in try privateChannelFindings(connection) }
         section("backlog") { () throws(PostgresError) -> [Finding] in
             let backlog = try EventLog.backlog(on: connection)
             let age = String(format: "%.1f", backlog.oldestAgeSeconds)
@@ -112,6 +113,35 @@ public struct HealthCheck {
         }
         return findings
 
+    }
+
+    /// With 0004: the private channel's name is still hidden from every other role. A DBA who
+    /// disables row-level security or grants the table to a reporting role hands that role the
+    /// capability to read users' events off the channel and to forge deletions.
+    private func privateChannelFindings(_ connection: PGConnection) throws(PostgresError) -> [Finding] {
+        let rows = try connection.execute("""
+            SELECT c.relrowsecurity,
+                   NOT EXISTS (SELECT 1 FROM aclexplode(c.relacl) a WHERE a.grantee <> c.relowner),
+                   c.relowner = e.proowner,
+                   coalesce('trace_notify=off' = ANY(e.proconfig), false),
+                   coalesce((SELECT 'trace_notify=off' = ANY(l.proconfig) FROM pg_proc l
+                             WHERE l.oid = to_regprocedure('cache_invalidation.listen_privately()')), false)
+            FROM pg_class c, pg_proc e
+            WHERE c.oid = to_regclass('cache_invalidation.private_channel')
+              AND e.oid = to_regprocedure('cache_invalidation.emit(text,jsonb)')
+            """)
+        guard let row = rows.rows.first else { return [] }  // 0004 not applied
+        let problems = zip([
+            "row-level security is off on cache_invalidation.private_channel",
+            "cache_invalidation.private_channel is granted to other roles",
+            "cache_invalidation.private_channel does not belong to emit()'s owner",
+            "emit() does not run with trace_notify = off",
+            "listen_privately() does not run with trace_notify = off",
+        ], row).filter { $0.1 != "t" }.map(\.0)
+        return [Finding(ok: problems.isEmpty, subject: "private channel",
+                        detail: problems.isEmpty
+                            ? "its name is hidden from other roles (row-level security, no grants, trace_notify off)"
+                            : problems.joined(separator: "; ") + ": other roles may read users' events off the channel or forge deletions; re-apply migrations/0004_private_channel.up.sql")]
     }
 
     /// Every expected trigger exists on its table and is enabled: a DBA who recreates or alters a

@@ -83,6 +83,22 @@ struct CheckTests {
         #expect(outcome.output.contains("apply deploy/postgres/roles.sql"), "\(outcome.output)")
     }
 
+    /// A DBA who disables row-level security on the private channel's table, or grants it to a
+    /// reporting role, is told what that exposes and how to undo it.
+    @Test func aTamperedPrivateChannelFails() throws {
+        let harness = try Harness()
+        let fine = try Self.check(harness, databaseURL: harness.databaseURL)
+        #expect(fine.output.contains("ok   private channel: its name is hidden from other roles"), "\(fine.output)")
+        try harness.sql("ALTER TABLE cache_invalidation.private_channel DISABLE ROW LEVEL SECURITY; GRANT SELECT ON cache_invalidation.private_channel TO PUBLIC")
+        let outcome = try Self.check(harness, databaseURL: harness.databaseURL)
+        #expect(outcome.status == 1)
+        #expect(outcome.output.contains("FAIL private channel: row-level security is off on cache_invalidation.private_channel; cache_invalidation.private_channel is granted to other roles"), "\(outcome.output)")
+        #expect(outcome.output.contains("re-apply migrations/0004_private_channel.up.sql"), "\(outcome.output)")
+        #expect(try MigrationTests.psql(harness.databaseURL, file: Harness.migrationsDirectory + "/0004_private_channel.up.sql").status == 0)
+        let repaired = try Self.check(harness, databaseURL: harness.databaseURL)
+        #expect(repaired.output.contains("ok   private channel:"), "\(repaired.output)")
+    }
+
     @Test func theRestrictedWorkerRolePassesToo() throws {
         let harness = try Harness()
         let result = try MigrationTests.psql(harness.databaseURL, file: Harness.repositoryRoot + "/deploy/postgres/roles.sql")
