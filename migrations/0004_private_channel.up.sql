@@ -15,9 +15,11 @@ BEGIN;
 --     but its owner (emit's owner) and superusers: not the roles that default privileges grant
 --     SELECT on new tables to, nor members of pg_read_all_data (a typical analytics role);
 --   - emit() and listen_privately() run with trace_notify = off, which any role could otherwise
---     turn on to see the channel named in a DEBUG message of its own NOTIFY;
---   - the worker's statements never contain it; a copy in a dump or a replica is stale after
---     the worker's next connect.
+--     turn on to see the channel named in a DEBUG message of its own NOTIFY (and the latter with
+--     the debug_print_* settings off);
+--   - the table is unlogged: no replica or change-data-capture stream carries it;
+--   - the worker's statements never contain it; a copy in a dump is stale after the worker's
+--     next connect.
 -- Even so the worker trusts the channel only as far as it must: it takes patterns and
 -- whole-family deletions (wallet_deleted, table_truncated) only from the log, and acknowledges a
 -- notified event only if the log holds that very event (same id, kind and payload); anything
@@ -39,11 +41,15 @@ BEGIN
 END
 $$;
 
--- One row, written only by listen_privately().
-CREATE TABLE IF NOT EXISTS cache_invalidation.private_channel (
+-- One row, written only by listen_privately(). UNLOGGED: the name never reaches the WAL, so
+-- no streaming replica, logical replication or change-data-capture tool carries it (an unlogged
+-- table is empty on a standby and never decoded). After a crash the table is empty: emit() then
+-- notifies the public channel only, until the worker connects again and draws a new name.
+CREATE UNLOGGED TABLE IF NOT EXISTS cache_invalidation.private_channel (
     name    text NOT NULL CHECK (name ~ '^cache_invalidation_[0-9a-f]{32}$'),
     one_row bool PRIMARY KEY DEFAULT true CHECK (one_row)
 );
+ALTER TABLE cache_invalidation.private_channel SET UNLOGGED;
 ALTER TABLE cache_invalidation.private_channel ENABLE ROW LEVEL SECURITY;
 -- No grant at all, not even one that default privileges added when the table was created.
 DO $$
@@ -68,12 +74,17 @@ $$;
 -- on it from the moment this commits. EXECUTE is granted to the worker's role by the DBA, like
 -- its other privileges:
 --   GRANT EXECUTE ON FUNCTION cache_invalidation.listen_privately() TO <worker>;
+-- The debug_print_* settings (which a database's owner can switch on for every session with
+-- ALTER DATABASE ... SET) would write the LISTEN statement, name included, to the server log.
 CREATE OR REPLACE FUNCTION cache_invalidation.listen_privately()
 RETURNS text
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET trace_notify = off
+SET debug_print_parse = off
+SET debug_print_rewritten = off
+SET debug_print_plan = off
 AS $$
 DECLARE
     -- gen_random_uuid() draws from pg_strong_random (the OS's CSPRNG); 122 of its bits are random.

@@ -384,14 +384,3 @@ extension EventLog {
             """, [String(seconds), String(limit)]).affected
     }
 }
-
-/// Postgres array literals for parameters (`{1,2,3}`, `{"a","b"}`), so a list is one parameter.
-enum PostgresArray {
-    static func integers(_ values: [Int64]) -> String {
-        "{" + values.map(String.init).joined(separator: ",") + "}"
-    }
-
-    static func text(_ values: [String]) -> String {
-        "{" + values.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }.joined(separator: ",") + "}"
-    }
-}

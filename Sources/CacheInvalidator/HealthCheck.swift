@@ -125,23 +125,35 @@ public struct HealthCheck {
                    c.relowner = e.proowner,
                    coalesce('trace_notify=off' = ANY(e.proconfig), false),
                    coalesce((SELECT 'trace_notify=off' = ANY(l.proconfig) FROM pg_proc l
-                             WHERE l.oid = to_regprocedure('cache_invalidation.listen_privately()')), false)
+                             WHERE l.oid = to_regprocedure('cache_invalidation.listen_privately()')), false),
+                   c.relpersistence = 'u',
+                   -- pg_stat_statements.track = all records statements run inside functions, the
+                   -- LISTEN included, for every role with pg_read_all_stats to read.
+                   coalesce(current_setting('pg_stat_statements.track', true), 'top') <> 'all'
+                   OR coalesce(current_setting('pg_stat_statements.track_utility', true), 'on') = 'off'
             FROM pg_class c, pg_proc e
             WHERE c.oid = to_regclass('cache_invalidation.private_channel')
               AND e.oid = to_regprocedure('cache_invalidation.emit(text,jsonb)')
             """)
         guard let row = rows.rows.first else { return [] }  // 0004 not applied
-        let problems = zip([
+        let schemaProblems = zip([
             "row-level security is off on cache_invalidation.private_channel",
             "cache_invalidation.private_channel is granted to other roles",
             "cache_invalidation.private_channel does not belong to emit()'s owner",
             "emit() does not run with trace_notify = off",
             "listen_privately() does not run with trace_notify = off",
+            "cache_invalidation.private_channel is not unlogged (replicas and change-data-capture carry its name)",
         ], row).filter { $0.1 != "t" }.map(\.0)
-        return [Finding(ok: problems.isEmpty, subject: "private channel",
-                        detail: problems.isEmpty
-                            ? "its name is hidden from other roles (row-level security, no grants, trace_notify off)"
-                            : problems.joined(separator: "; ") + ": other roles may read users' events off the channel or forge deletions; re-apply migrations/0004_private_channel.up.sql")]
+        var problems = schemaProblems
+        if row.count > 6 && row[6] != "t" {
+            problems.append("pg_stat_statements.track = all records the name for roles with pg_read_all_stats (set it to top, or pg_stat_statements.track_utility = off)")
+        }
+        guard !problems.isEmpty else {
+            return [Finding(ok: true, subject: "private channel", detail: "its name is hidden from other roles (row-level security, no grants, unlogged, trace_notify off)")]
+        }
+        var detail = problems.joined(separator: "; ") + ": other roles may read users' events off the channel or forge deletions"
+        if !schemaProblems.isEmpty { detail += "; re-apply migrations/0004_private_channel.up.sql" }
+        return [Finding(ok: false, subject: "private channel", detail: detail)]
     }
 
     /// Every expected trigger exists on its table and is enabled: a DBA who recreates or alters a

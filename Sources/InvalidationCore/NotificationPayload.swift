@@ -66,9 +66,11 @@ public enum NotificationPayload {
             index = utf8.index(after: next)
         }
         guard bounds.count == 3, index < utf8.endIndex else { throw .notAnEvent(preview: preview(payload)) }
+        // Byte positions throughout (the separators are ASCII): stepping by Character would
+        // swallow a combining mark that follows a space.
         let id = try parseEventID(String(payload[payload.startIndex..<bounds[0]]))
-        let kind = payload[payload.index(after: bounds[0])..<bounds[1]]
-        let micros = payload[payload.index(after: bounds[1])..<bounds[2]]
+        let kind = payload[utf8.index(after: bounds[0])..<bounds[1]]
+        let micros = payload[utf8.index(after: bounds[1])..<bounds[2]]
         // Kinds are lower-case snake names (EventKind); a start time is 1 to 19 digits.
         guard (1...63).contains(kind.utf8.count),
               kind.utf8.allSatisfy({ ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z")) || $0 == UInt8(ascii: "_") }),

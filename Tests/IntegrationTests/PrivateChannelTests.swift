@@ -1,6 +1,7 @@
 import CacheInvalidator
 import Foundation
 import Glibc
+import InvalidationCore
 import PostgresClient
 import Testing
 
@@ -224,6 +225,7 @@ struct PrivateChannelTests {
             FROM pg_proc p WHERE p.oid = 'cache_invalidation.emit(text,jsonb)'::regprocedure
             """)
         #expect(owners.rows[0] == ["t", "t"])
+        #expect(try harness.sql("SELECT relpersistence FROM pg_class WHERE oid = 'cache_invalidation.private_channel'::regclass")[0, 0] == "u")
         harness.startWorker()
         try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
         try harness.seed(["user:3"])
@@ -244,5 +246,32 @@ struct PrivateChannelTests {
             if received.count < count { usleep(5_000) }
         }
         return received
+    }
+
+    /// The acknowledgement carries payloads in an array literal: values Swift groups oddly (a
+    /// combining mark right after a quote) reach Postgres byte for byte, so such an event is
+    /// confirmed like any other, without a failed statement and a reconnect.
+    @Test func oddUnicodeRoundTripsAndStaysOnTheFastPath() throws {
+        let harness = try Harness()
+        let values = ["\u{301}\"q", "x\\\u{301}", "\u{600}\"", "\"\u{FE0F}\\\u{1F3FD}", "plain", "", "a,b}", "line\nbreak"]
+        let hex = try harness.sql("""
+            SELECT coalesce(string_agg(encode(convert_to(v, 'UTF8'), 'hex'), ',' ORDER BY o), '')
+            FROM unnest($1::text[]) WITH ORDINALITY AS t(v, o)
+            """, [PostgresArray.text(values)])[0, 0]
+        #expect(hex == values.map { $0.utf8.map { String(format: "%02x", $0) }.joined() }.joined(separator: ","))
+
+        harness.startWorker()
+        try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
+        let address = "\u{301}\"0xodd\\\u{301}"
+        try harness.seed(["tx:12:0xodd", "wallet_balance:\(address)"])
+        try harness.sql("""
+            INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, tx_hash, status)
+            VALUES (12, $1, '0xT', 'buy', 'manual', '0xodd', 'confirmed')
+            """, [address])
+        try harness.waitUntilProcessed()
+        try harness.waitFor("taken from the notification") { $0.eventsFromNotifications == 1 }
+        #expect(try harness.deleted(among: ["tx:12:0xodd", "wallet_balance:\(address)"]).count == 2)
+        #expect(harness.worker!.statistics.snapshot.postgresConnects == 1, "no failed statement, no reconnect")
+        harness.stopWorker()
     }
 }
