@@ -341,44 +341,89 @@ public final class PendingRows: @unchecked Sendable {
 }
 
 /// Scrubs a connection string's password out of a message before it can reach a log.
+///
+/// Works on UTF-8 bytes, never on Swift characters: a password that begins with a combining mark
+/// forms one Character with the `=` or `:` before it, and a Character-wise search would then not
+/// find it (and a Character-wise prefix test would not see `password=`).
 public enum Secrets {
     /// Candidate secrets of a connection string: the URL's password and any `password=` value.
-    static func candidates(in conninfo: String) -> [String] {
-        var found: [String] = []
-        if let schemeEnd = conninfo.range(of: "://") {
-            let rest = conninfo[schemeEnd.upperBound...]
-            if let at = rest.lastIndex(of: "@") {
+    static func candidates(in conninfo: String) -> [[UInt8]] {
+        let bytes = Array(conninfo.utf8)
+        var found: [[UInt8]] = []
+        if let schemeEnd = firstRange(of: Array("://".utf8), in: bytes) {
+            let rest = bytes[schemeEnd.upperBound...]
+            if let at = rest.lastIndex(of: UInt8(ascii: "@")) {
                 let userinfo = rest[..<at]
-                if let colon = userinfo.firstIndex(of: ":") {
-                    let password = String(userinfo[userinfo.index(after: colon)...])
-                    if !password.isEmpty { found.append(password) }
+                if let colon = userinfo.firstIndex(of: UInt8(ascii: ":")) {
+                    found.append(Array(userinfo[(colon + 1)...]))
                 }
             }
-            if let query = rest.firstIndex(of: "?") {
-                for pair in rest[rest.index(after: query)...].split(separator: "&") where pair.lowercased().hasPrefix("password=") {
-                    found.append(String(pair.dropFirst("password=".count)))
+            if let query = rest.firstIndex(of: UInt8(ascii: "?")) {
+                for pair in rest[(query + 1)...].split(separator: UInt8(ascii: "&")) where hasPasswordKey(pair) {
+                    found.append(Array(pair.dropFirst(passwordKey.count)))
                 }
             }
         } else {
-            for word in conninfo.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }) where word.lowercased().hasPrefix("password=") {
-                found.append(String(word.dropFirst("password=".count)).trimmingCharacters(in: CharacterSet(charactersIn: "'")))
+            let separators: Set<UInt8> = [UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n")]
+            for word in bytes.split(whereSeparator: { separators.contains($0) }) where hasPasswordKey(word) {
+                var value = Array(word.dropFirst(passwordKey.count))
+                while value.first == UInt8(ascii: "'") { value.removeFirst() }
+                while value.last == UInt8(ascii: "'") { value.removeLast() }
+                found.append(value)
             }
         }
         return found.filter { !$0.isEmpty }
     }
 
+    private static let passwordKey = Array("password=".utf8)
+
+    /// `password=`, in any ASCII case.
+    private static func hasPasswordKey(_ word: ArraySlice<UInt8>) -> Bool {
+        word.count >= passwordKey.count
+            && zip(word.prefix(passwordKey.count), passwordKey).allSatisfy { ($0 | 0x20) == $1 || $0 == $1 }
+    }
+
+    private static func firstRange(of needle: [UInt8], in haystack: [UInt8], from start: Int = 0) -> Range<Int>? {
+        guard !needle.isEmpty, haystack.count >= needle.count, start <= haystack.count - needle.count else { return nil }
+        var index = start
+        while index <= haystack.count - needle.count {
+            if haystack[index] == needle[0] && haystack[index..<(index + needle.count)].elementsEqual(needle) {
+                return index..<(index + needle.count)
+            }
+            index += 1
+        }
+        return nil
+    }
+
+    private static func replacing(_ needle: [UInt8], in text: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        var index = 0
+        while let match = firstRange(of: needle, in: text, from: index) {
+            out += text[index..<match.lowerBound]
+            out += Array("***".utf8)
+            index = match.upperBound
+        }
+        out += text[index...]
+        return out
+    }
+
     /// `message` with every candidate secret of `conninfo` replaced by `***`; with
     /// `includingFragments`, each half of it too (a parse error quotes a fragment of a bad token).
+    /// Halves are cut between scalars, so what remains is still valid UTF-8.
     public static func redact(_ message: String, in conninfo: String, includingFragments: Bool = false) -> String {
-        var text = message
+        var text = Array(message.utf8)
         for secret in candidates(in: conninfo).sorted(by: { $0.count > $1.count }) {
-            text = text.replacingOccurrences(of: secret, with: "***")
-            if includingFragments && secret.count >= 6 {
-                let half = secret.count / 2
-                text = text.replacingOccurrences(of: String(secret.prefix(half)), with: "***")
-                text = text.replacingOccurrences(of: String(secret.suffix(secret.count - half)), with: "***")
+            text = replacing(secret, in: text)
+            let scalars = Array(String(decoding: secret, as: UTF8.self).unicodeScalars)
+            if includingFragments && scalars.count >= 6 {
+                let half = scalars.count / 2
+                for part in [scalars[..<half], scalars[half...]] {
+                    var fragment = ""
+                    fragment.unicodeScalars.append(contentsOf: part)
+                    text = replacing(Array(fragment.utf8), in: text)
+                }
             }
         }
-        return text
+        return String(decoding: text, as: UTF8.self)
     }
 }
