@@ -117,7 +117,8 @@ public enum RulesLoader {
             target = .key(parsed)
         case (nil, let pattern as String):
             let parsed = try template(pattern)
-            guard parsed.segments.contains(where: { if case .literal(let t) = $0 { return t.contains("*") || t.contains("?") || t.contains("[") } else { return false } }) else {
+            // Scalars, not Characters: a `*` followed by a combining mark is one Character.
+            guard parsed.segments.contains(where: { if case .literal(let t) = $0 { return t.unicodeScalars.contains { "*?[".unicodeScalars.contains($0) } } else { return false } }) else {
                 throw fail(place, "pattern \(pattern.debugDescription) has no wildcard; use \"key\" for an exact key (cheaper: no SCAN)")
             }
             target = .pattern(parsed)
@@ -155,7 +156,7 @@ public enum RulesLoader {
 
     /// An exact key with `*` would be deleted literally, which is never what the author meant.
     private static func refuseWildcards(_ template: KeyTemplate, place: String, fail: (String, String) -> RulesError) throws(RulesError) {
-        for case .literal(let text) in template.segments where text.contains("*") || text.contains("?") {
+        for case .literal(let text) in template.segments where text.unicodeScalars.contains(where: { $0 == "*" || $0 == "?" }) {
             throw fail(place, "key \(template.source.debugDescription) contains a wildcard; write {\"pattern\": ...} for a SCAN deletion")
         }
     }

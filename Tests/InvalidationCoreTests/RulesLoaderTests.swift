@@ -85,6 +85,9 @@ private let badRules: [BadRules] = [
              place: "events.wallet_deleted[0]", reason: ["contains a wildcard"]),
     BadRules(name: "pattern without wildcard", data: data(rulesJSON(["wallet_deleted": #"[{"pattern": "user:{telegram_id}"}]"#])),
              place: "events.wallet_deleted[0]", reason: ["has no wildcard", "use \"key\""]),
+    // A wildcard that Swift groups with a combining mark into one Character is still a wildcard.
+    BadRules(name: "exact key with * before a combining mark", data: data(rulesJSON(["wallet_deleted": "[\"temp_sell_data:{telegram_id}:*\u{301}\"]"])),
+             place: "events.wallet_deleted[0]", reason: ["contains a wildcard"]),
     BadRules(name: "when with a number", data: data(rulesJSON(["trade_settled": #"[{"key": "temp_sell_data:{telegram_id}:{sell_id}", "when": {"side": 1}}]"#])),
              place: "events.trade_settled[0]", reason: ["when.side must be a string or a non-empty list of strings"]),
     BadRules(name: "when with an empty list", data: data(rulesJSON(["trade_settled": #"[{"key": "user_state:{telegram_id}", "when": {"side": []}}]"#])),
@@ -158,6 +161,12 @@ struct RulesLoaderValidTests {
     @Test func versionAndCommentAreOptional() throws {
         let rules = try load(["settings_changed": #"["user_settings:{telegram_id}"]"#], top: #""comment": ["anything", 1],"#)
         #expect(rules.plan(for: Fixture.event(.settingsChanged, ["telegram_id": "3"]), prefix: "").keys == ["user_settings:3"])
+    }
+
+    /// The wildcard check reads scalars: a `*` before a combining mark still makes a pattern.
+    @Test func aWildcardBeforeACombiningMarkMakesAPattern() throws {
+        let rules = try load(["wallet_deleted": "[{\"pattern\": \"temp_sell_data:{telegram_id}:*\u{301}\"}]"])
+        #expect(rules.deletesByPattern(.walletDeleted))
     }
 
     @Test func doubledBracesRenderLiterally() throws {
