@@ -415,13 +415,7 @@ final class Worker {
             // Already handled (it came in an earlier batch), or the private channel brought it:
             // nothing to fetch.
             if !recentIDs.contains(id) && !notifiedIDs.contains(id) { namedIDs.insert(id) }
-            if namedIDs.count > max(4 * config.batchSize, 10_000) {
-                // A flood (forged ids, or Redis away for long under load): stop remembering ids
-                // and drain the log instead, which finds every real event. Bounded memory.
-                namedIDs.removeAll(keepingCapacity: false)
-                needsDrain = true
-                logger.warning("too many notified events waiting; draining the log instead of fetching them by id")
-            }
+            boundNotifiedWork()
         } catch {
             statistics.update { $0.malformedNotifications += 1 }
             logger.warning("ignored malformed notification", metadata: [
@@ -430,6 +424,18 @@ final class Worker {
                 LogKey.senderPID: "\(notification.senderPID)",
             ])
         }
+    }
+
+    /// A flood (forged ids, or notifications faster than Redis for long): stop remembering what
+    /// notifications named and drain the log instead, which finds every real event. Bounded
+    /// memory, whichever channel the flood comes on.
+    private func boundNotifiedWork() {
+        guard namedIDs.count + notifiedEvents.count > max(4 * config.batchSize, 10_000) else { return }
+        namedIDs.removeAll(keepingCapacity: false)
+        notifiedEvents.removeAll(keepingCapacity: false)
+        notifiedIDs.removeAll(keepingCapacity: false)
+        needsDrain = true
+        logger.warning("too many notified events waiting; draining the log instead of fetching them by id")
     }
 
     /// A whole event from the private channel, which only emit() can send on (its name is a
@@ -450,13 +456,7 @@ final class Worker {
             } else {
                 namedIDs.insert(notified.id)
             }
-            if notifiedEvents.count > max(4 * config.batchSize, 10_000) {
-                // Redis slower than the notifications for long: bounded memory, as for ids.
-                notifiedEvents.removeAll(keepingCapacity: false)
-                notifiedIDs.removeAll(keepingCapacity: false)
-                needsDrain = true
-                logger.warning("too many notified events waiting; draining the log instead")
-            }
+            boundNotifiedWork()
         } catch {
             // Only emit() knows the channel, so this is a bug or a leaked name, not noise. The
             // payload is not logged: on this channel it may be a user's data.
