@@ -7,7 +7,7 @@ BEGIN;
 -- public channel: NOTIFY is not authenticated and LISTEN needs no privilege, so any role that
 -- can connect could read every user's telegram id and addresses off it, and forge deletions.
 --
--- So emit() also sends the event itself (id, kind, write time, payload) on a second channel
+-- So emit() also sends the event itself (id, kind, payload) on a second channel
 -- whose name is a 122-bit random secret. The worker's listen_privately() draws a new name on
 -- every connect, stores it where only emit() can read it and LISTENs to it. Knowing the name is
 -- then the capability to send on the channel and to listen in:
@@ -107,21 +107,21 @@ SET trace_notify = off
 AS $$
 DECLARE
     v_id bigint;
-    v_micros bigint;
     v_message text;
 BEGIN
     INSERT INTO cache_invalidation.events (kind, payload)
     VALUES (p_kind, p_payload)
-    RETURNING id, (extract(epoch FROM created_at) * 1000000)::bigint INTO v_id, v_micros;
+    RETURNING id INTO v_id;
     -- G and W exactly as in 0003: no NOTIFY at all while the worker polls.
     PERFORM pg_advisory_xact_lock_shared(7161114182524956279);
     IF pg_try_advisory_lock_shared(7161114182524956280) THEN
         PERFORM pg_advisory_unlock_shared(7161114182524956280);
-        -- "<id> <kind> <write time, µs since the epoch> <payload>". Past the 8000 bytes a
+        -- "<id> <kind> <payload>" (the lag's start point comes from the log, with the
+        -- acknowledgement). Past the 8000 bytes a
         -- notification may hold (a row with a very long value), only the id goes out, on the
         -- public channel below, and the worker reads the event from the log. Without a row (no
         -- worker has listened yet) only the public channel is notified.
-        v_message := v_id::text || ' ' || p_kind || ' ' || v_micros::text || ' ' || p_payload::text;
+        v_message := v_id::text || ' ' || p_kind || ' ' || p_payload::text;
         IF octet_length(v_message) < 8000 THEN
             PERFORM pg_notify(c.name, v_message) FROM cache_invalidation.private_channel c;
         END IF;

@@ -97,13 +97,13 @@ struct EventLog {
         try connection.prepare("ci_ack", acknowledging(1), parameterCount: 1)
         // Events the private channel carried (0004): acknowledged only where the log holds that
         // very event. The payload is compared as jsonb's text, which is what emit() sent, so
-        // nothing from a notification is ever cast or parsed by Postgres. Matched by position
-        // (ids are distinct), not joined: a join's generic plan could scan the whole log.
+        // nothing from a notification is ever cast or parsed by Postgres. `e.id = ANY($1)` keeps
+        // the generic plan on the primary key (a bare join with unnest could scan the whole log).
         try connection.prepare("ci_ack_notified", """
             UPDATE cache_invalidation.events e SET processed_at = clock_timestamp()
-            WHERE e.id = ANY($1::int8[]) AND e.processed_at IS NULL
-              AND e.kind = ($2::text[])[array_position($1::int8[], e.id)]
-              AND e.payload::text = ($3::text[])[array_position($1::int8[], e.id)]
+            FROM unnest($1::int8[], $2::text[], $3::text[]) AS n(id, kind, payload)
+            WHERE e.id = ANY($1::int8[]) AND e.id = n.id AND e.processed_at IS NULL
+              AND e.kind = n.kind AND e.payload::text = n.payload
             RETURNING e.id, (extract(epoch FROM \(commitTimestamps ? "COALESCE(pg_xact_commit_timestamp(e.xmin), e.created_at)" : "e.created_at")) * 1000000)::int8
             """, parameterCount: 3)
         self.knownKinds = PostgresArray.text(EventKind.allNames)

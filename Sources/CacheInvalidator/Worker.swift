@@ -451,7 +451,8 @@ final class Worker {
             guard !recentIDs.contains(notified.id) && !notifiedIDs.contains(notified.id) else { return }
             if let kind = EventKind(rawValue: notified.kind), !config.rules.deletesByPattern(kind),
                let decoded = try? EventPayload.decodeReportingOversized(notified.payload), decoded.oversized.isEmpty {
-                notifiedEvents.append((InvalidationEvent(id: notified.id, kind: kind, fields: decoded.fields, startMicros: notified.startMicros), notified.payload))
+                // The start point comes from the log with the acknowledgement.
+                notifiedEvents.append((InvalidationEvent(id: notified.id, kind: kind, fields: decoded.fields, startMicros: 0), notified.payload))
                 notifiedIDs.insert(notified.id)
             } else {
                 namedIDs.insert(notified.id)
@@ -615,8 +616,6 @@ final class Worker {
         guard let eventLog else { return false }
         var fetched = EventLog.Fetched()
         fetched.events = notified.map(\.event)
-        fetched.rowCount = notified.count
-        fetched.maxID = fetched.events.map(\.id).max() ?? 0
         guard var deleted = delete(fetched) else { return false }
         let starts: [Int64: Int64]
         do {
@@ -642,10 +641,8 @@ final class Worker {
         }
         deleted.rendered = rendered
         deleted.fetched.events = confirmed
-        deleted.fetched.rowCount = confirmed.count
-        deleted.ids = confirmed.map(\.id)
+        deleted.fromNotifications = true
         record(deleted)
-        statistics.update { $0.eventsFromNotifications += UInt64(confirmed.count) }
         return true
     }
 
@@ -659,6 +656,8 @@ final class Worker {
         var confirmedAt: Int64
         /// Everything to acknowledge: the events, and rows that could not be decoded.
         var ids: [Int64]
+        /// Taken from the private channel's notifications (counted apart in the statistics).
+        var fromNotifications = false
     }
 
     /// Deletes the keys of a batch in one pipelined round trip. nil if Redis failed (nothing is
@@ -764,6 +763,7 @@ final class Worker {
             s.undecodableEvents += UInt64(fetched.undecodable.count)
             s.batches += 1
             s.slowEvents += UInt64(slow)
+            if deleted.fromNotifications { s.eventsFromNotifications += UInt64(fetched.events.count) }
         }
     }
 

@@ -19,7 +19,7 @@ public enum NotificationPayload {
             case .tooLong(let bytes): return "payload of \(bytes) bytes (an event id has at most 19 digits)"
             case .notAnEventID(let preview): return "payload \(preview) is not a decimal event id"
             case .outOfRange(let preview): return "payload \(preview) is not a positive 64-bit event id"
-            case .notAnEvent(let preview): return "payload \(preview) is not an event (expected \"<id> <kind> <write time in µs> <payload JSON>\")"
+            case .notAnEvent(let preview): return "payload \(preview) is not an event (expected \"<id> <kind> <payload JSON>\")"
             }
         }
 
@@ -47,40 +47,27 @@ public enum NotificationPayload {
         return id
     }
 
-    /// The latest write time a private notification may carry, µs since the epoch (2096).
-    public static let maximumStartMicros: Int64 = 4_000_000_000_000_000
-
     /// Parses what emit() sends on the private channel (0004_private_channel): the event itself,
-    /// `<id> <kind> <write time, µs since the epoch> <payload JSON>`. Only the shape is checked
-    /// here; the worker decodes the payload with the same reader as the log's rows and reads
-    /// the event from the log instead whenever anything about it is unusual.
+    /// `<id> <kind> <payload JSON>`. Only the shape is checked here; the worker decodes the
+    /// payload with the same reader as the log's rows and reads the event from the log instead
+    /// whenever anything about it is unusual.
     public static func parseEvent(_ payload: String) throws(Malformed) -> NotifiedEvent {
         let utf8 = payload.utf8
         if utf8.isEmpty { throw .empty }
-        let space = UInt8(ascii: " ")
-        // Three fields before the payload, each ended by one space.
-        var bounds: [String.UTF8View.Index] = []
-        var index = utf8.startIndex
-        while bounds.count < 3, let next = utf8[index...].firstIndex(of: space) {
-            bounds.append(next)
-            index = utf8.index(after: next)
-        }
-        guard bounds.count == 3, index < utf8.endIndex else { throw .notAnEvent(preview: preview(payload)) }
         // Byte positions throughout (the separators are ASCII): stepping by Character would
         // swallow a combining mark that follows a space.
-        let id = try parseEventID(String(payload[payload.startIndex..<bounds[0]]))
-        let kind = payload[utf8.index(after: bounds[0])..<bounds[1]]
-        let micros = payload[utf8.index(after: bounds[1])..<bounds[2]]
-        // Kinds are lower-case snake names (EventKind); a start time is 1 to 19 digits.
-        guard (1...63).contains(kind.utf8.count),
-              kind.utf8.allSatisfy({ ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z")) || $0 == UInt8(ascii: "_") }),
-              (1...19).contains(micros.utf8.count),
-              micros.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
-              let startMicros = Int64(micros),
-              // In nanoseconds it must fit an Int64 (the year 2262); this bound is the year 2096.
-              startMicros <= maximumStartMicros
+        let space = UInt8(ascii: " ")
+        guard let idEnd = utf8.firstIndex(of: space),
+              let kindEnd = utf8[utf8.index(after: idEnd)...].firstIndex(of: space),
+              utf8.index(after: kindEnd) < utf8.endIndex
         else { throw .notAnEvent(preview: preview(payload)) }
-        return NotifiedEvent(id: id, kind: String(kind), startMicros: startMicros, payload: String(payload[index...]))
+        let id = try parseEventID(String(payload[payload.startIndex..<idEnd]))
+        let kind = payload[utf8.index(after: idEnd)..<kindEnd]
+        // Kinds are lower-case snake names (EventKind).
+        guard (1...63).contains(kind.utf8.count),
+              kind.utf8.allSatisfy({ ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z")) || $0 == UInt8(ascii: "_") })
+        else { throw .notAnEvent(preview: preview(payload)) }
+        return NotifiedEvent(id: id, kind: String(kind), payload: String(payload[utf8.index(after: kindEnd)...]))
     }
 
     /// A bounded, quoted rendering of hostile text that is safe to put in a log line.
@@ -110,15 +97,12 @@ public enum NotificationPayload {
 public struct NotifiedEvent: Sendable, Equatable {
     public var id: Int64
     public var kind: String
-    /// When the trigger wrote the event, microseconds since the Unix epoch.
-    public var startMicros: Int64
     /// The event's payload as the log holds it (jsonb's text), not yet decoded.
     public var payload: String
 
-    public init(id: Int64, kind: String, startMicros: Int64, payload: String) {
+    public init(id: Int64, kind: String, payload: String) {
         self.id = id
         self.kind = kind
-        self.startMicros = startMicros
         self.payload = payload
     }
 }

@@ -350,7 +350,7 @@ public enum Secrets {
     static func candidates(in conninfo: String) -> [[UInt8]] {
         let bytes = Array(conninfo.utf8)
         var found: [[UInt8]] = []
-        if let schemeEnd = firstRange(of: Array("://".utf8), in: bytes) {
+        if let schemeEnd = bytes.firstRange(of: Array("://".utf8)) {
             let rest = bytes[schemeEnd.upperBound...]
             if let at = rest.lastIndex(of: UInt8(ascii: "@")) {
                 let userinfo = rest[..<at]
@@ -376,35 +376,12 @@ public enum Secrets {
     }
 
     private static let passwordKey = Array("password=".utf8)
+    private static let redacted = Array("***".utf8)
 
     /// `password=`, in any ASCII case.
     private static func hasPasswordKey(_ word: ArraySlice<UInt8>) -> Bool {
         word.count >= passwordKey.count
-            && zip(word.prefix(passwordKey.count), passwordKey).allSatisfy { ($0 | 0x20) == $1 || $0 == $1 }
-    }
-
-    private static func firstRange(of needle: [UInt8], in haystack: [UInt8], from start: Int = 0) -> Range<Int>? {
-        guard !needle.isEmpty, haystack.count >= needle.count, start <= haystack.count - needle.count else { return nil }
-        var index = start
-        while index <= haystack.count - needle.count {
-            if haystack[index] == needle[0] && haystack[index..<(index + needle.count)].elementsEqual(needle) {
-                return index..<(index + needle.count)
-            }
-            index += 1
-        }
-        return nil
-    }
-
-    private static func replacing(_ needle: [UInt8], in text: [UInt8]) -> [UInt8] {
-        var out: [UInt8] = []
-        var index = 0
-        while let match = firstRange(of: needle, in: text, from: index) {
-            out += text[index..<match.lowerBound]
-            out += Array("***".utf8)
-            index = match.upperBound
-        }
-        out += text[index...]
-        return out
+            && zip(word.prefix(passwordKey.count), passwordKey).allSatisfy { ($0 | 0x20) == $1 }
     }
 
     /// `message` with every candidate secret of `conninfo` replaced by `***`; with
@@ -413,14 +390,14 @@ public enum Secrets {
     public static func redact(_ message: String, in conninfo: String, includingFragments: Bool = false) -> String {
         var text = Array(message.utf8)
         for secret in candidates(in: conninfo).sorted(by: { $0.count > $1.count }) {
-            text = replacing(secret, in: text)
+            text = text.replacing(secret, with: redacted)
             let scalars = Array(String(decoding: secret, as: UTF8.self).unicodeScalars)
             if includingFragments && scalars.count >= 6 {
                 let half = scalars.count / 2
                 for part in [scalars[..<half], scalars[half...]] {
                     var fragment = ""
                     fragment.unicodeScalars.append(contentsOf: part)
-                    text = replacing(Array(fragment.utf8), in: text)
+                    text = text.replacing(Array(fragment.utf8), with: redacted)
                 }
             }
         }

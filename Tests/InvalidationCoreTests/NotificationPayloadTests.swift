@@ -14,7 +14,7 @@ struct NotificationPayloadTests {
         ("", "empty"), ("0", "not_an_id"), ("007", "not_an_id"), ("-1", "not_an_id"), ("+1", "not_an_id"),
         (" 1", "not_an_id"), ("1 ", "not_an_id"), ("1.5", "not_an_id"), ("١٢", "not_an_id"),
         ("9223372036854775808", "out_of_range"), ("12345678901234567890", "too_long"),
-        ("1 trade_settled 1 {}", "too_long"),
+        ("1 trade_settled {}", "not_an_id"),
     ])
     func badEventIDsAreRefused(payload: String, reason: String) {
         #expect(throws: NotificationPayload.Malformed.self) { try NotificationPayload.parseEventID(payload) }
@@ -22,30 +22,24 @@ struct NotificationPayloadTests {
     }
 
     @Test func anEventIsSplitIntoItsFields() throws {
-        let payload = #"42 trade_settled 1795332057567783 {"side": "sell", "tx_hash": "0x h", "telegram_id": "7"}"#
+        let payload = #"42 trade_settled {"side": "sell", "tx_hash": "0x h", "telegram_id": "7"}"#
         let event = try NotificationPayload.parseEvent(payload)
-        #expect(event == NotifiedEvent(id: 42, kind: "trade_settled", startMicros: 1_795_332_057_567_783,
-                                       payload: #"{"side": "sell", "tx_hash": "0x h", "telegram_id": "7"}"#))
-        // The payload is everything after the third space, spaces and all.
-        #expect(try NotificationPayload.parseEvent("1 k 0  x ").payload == " x ")
-        #expect(try NotificationPayload.parseEvent("1 k \(NotificationPayload.maximumStartMicros) {}").startMicros == NotificationPayload.maximumStartMicros)
+        #expect(event == NotifiedEvent(id: 42, kind: "trade_settled", payload: #"{"side": "sell", "tx_hash": "0x h", "telegram_id": "7"}"#))
+        // The payload is everything after the second space, spaces and all.
+        #expect(try NotificationPayload.parseEvent("1 k  x ").payload == " x ")
+        // A combining mark after a separator belongs to what follows it.
+        #expect(try NotificationPayload.parseEvent("1 k \u{301}x") == NotifiedEvent(id: 1, kind: "k", payload: "\u{301}x"))
     }
 
     @Test(arguments: [
         ("", "empty"),
-        ("42", "not_an_event"), ("42 trade_settled", "not_an_event"), ("42 trade_settled 1", "not_an_event"),
-        ("42 trade_settled 1 ", "not_an_event"),
-        ("0 trade_settled 1 {}", "not_an_id"), ("-42 trade_settled 1 {}", "not_an_id"), ("x trade_settled 1 {}", "not_an_id"),
-        ("99999999999999999999 trade_settled 1 {}", "too_long"),
-        ("42  trade_settled 1 {}", "not_an_event"), ("42 Trade_Settled 1 {}", "not_an_event"),
-        ("42 trade-settled 1 {}", "not_an_event"), ("42 trade_settled\n 1 {}", "not_an_event"),
-        ("42 \(String(repeating: "k", count: 64)) 1 {}", "not_an_event"),
-        ("42 trade_settled -1 {}", "not_an_event"), ("42 trade_settled 1.5 {}", "not_an_event"),
-        ("42 trade_settled 99999999999999999999 {}", "not_an_event"),
-        ("42 trade_settled 9223372036854775808 {}", "not_an_event"),
-        // Fits an Int64 but not once in nanoseconds: refused rather than overflowing the lag.
-        ("42 settings_changed 9223372036854775807 {}", "not_an_event"), ("42 settings_changed 4000000000000001 {}", "not_an_event"),
-        ("42 trade_settled ١ {}", "not_an_event"), ("{\"id\":42}", "not_an_event"),
+        ("42", "not_an_event"), ("42 trade_settled", "not_an_event"), ("42 trade_settled ", "not_an_event"),
+        ("0 trade_settled {}", "not_an_id"), ("-42 trade_settled {}", "not_an_id"), ("x trade_settled {}", "not_an_id"),
+        ("99999999999999999999 trade_settled {}", "too_long"), ("١٢ trade_settled {}", "not_an_id"),
+        ("42  trade_settled {}", "not_an_event"), ("42 Trade_Settled {}", "not_an_event"),
+        ("42 trade-settled {}", "not_an_event"), ("42 trade_settled\n {}", "not_an_event"),
+        ("42 \(String(repeating: "k", count: 64)) {}", "not_an_event"), ("42 trade_settled\u{301} {}", "not_an_event"),
+        ("{\"id\":42}", "not_an_event"),
     ])
     func malformedEventsAreRefused(payload: String, reason: String) {
         #expect(throws: NotificationPayload.Malformed.self) { try NotificationPayload.parseEvent(payload) }
@@ -59,7 +53,7 @@ struct NotificationPayloadTests {
     /// the JSON reader's and the rules' business (tested with them), never a crash here.
     @Test func oddPayloadsAreHandedOnUntouched() throws {
         for payload in [#"{"keys":["*"]}"#, "not json", String(repeating: "9", count: 7_900), "\u{0}"] {
-            #expect(try NotificationPayload.parseEvent("5 wallet_created 1 " + payload).payload == payload)
+            #expect(try NotificationPayload.parseEvent("5 wallet_created " + payload).payload == payload)
         }
     }
 
