@@ -84,11 +84,15 @@ public struct HealthCheck {
                        coalesce((SELECT has_function_privilege(p, 'EXECUTE')
                                  FROM to_regprocedure('cache_invalidation.listen_privately()') AS p WHERE p IS NOT NULL), true)
                 """)
-            var needed = ["USAGE on schema cache_invalidation", "SELECT on cache_invalidation.events", "UPDATE (processed_at) on cache_invalidation.events",
-                          "DELETE on cache_invalidation.events (for --retention)",
-                          "EXECUTE on function cache_invalidation.listen_privately() (without it every event costs one more round trip of lag)"]
-            if configuration.retentionSeconds == 0 { needed[3] = "" }
-            let missing = zip(needed, privileges.rows[0]).filter { !$0.0.isEmpty && $0.1 != "t" }.map(\.0)
+            // One entry per column above, in order, and whether this configuration needs it.
+            let needed: [(privilege: String, applies: Bool)] = [
+                ("USAGE on schema cache_invalidation", true),
+                ("SELECT on cache_invalidation.events", true),
+                ("UPDATE (processed_at) on cache_invalidation.events", true),
+                ("DELETE on cache_invalidation.events (for --retention)", configuration.retentionSeconds > 0),
+                ("EXECUTE on function cache_invalidation.listen_privately() (without it every event costs one more round trip of lag)", true),
+            ]
+            let missing = zip(needed, privileges.rows[0]).filter { $0.0.applies && $0.1 != "t" }.map(\.0.privilege)
             return [Finding(ok: missing.isEmpty, subject: "privileges",
                             detail: missing.isEmpty ? "can read, acknowledge\(configuration.retentionSeconds > 0 ? " and prune" : "") events" : "missing \(missing.joined(separator: ", ")); apply deploy/postgres/roles.sql")]
         }
@@ -145,7 +149,7 @@ public struct HealthCheck {
             "cache_invalidation.private_channel is not unlogged (replicas and change-data-capture carry its name)",
         ], row).filter { $0.1 != "t" }.map(\.0)
         var problems = schemaProblems
-        if row.count > 6 && row[6] != "t" {
+        if row[6] != "t" {
             problems.append("pg_stat_statements.track = all records the name for roles with pg_read_all_stats (set it to top, or pg_stat_statements.track_utility = off)")
         }
         guard !problems.isEmpty else {

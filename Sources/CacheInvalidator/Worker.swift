@@ -19,6 +19,8 @@ import Synchronization
 /// worker's session, so a standby takes over as soon as Postgres notices it is gone.
 final class Worker {
     private let config: WorkerConfiguration
+    /// Kinds whose rules delete by pattern: never taken from a notification (see handlePrivate).
+    private let patternKinds: Set<EventKind>
     private let logger: Logger
     private let statistics: WorkerStatistics
     private let wake: WakeSignal
@@ -112,6 +114,7 @@ final class Worker {
 
     init(config: WorkerConfiguration, logger: Logger, statistics: WorkerStatistics, wake: WakeSignal, stopRequested: StopFlag, metrics: WorkerMetrics? = nil) {
         self.config = config
+        self.patternKinds = Set(EventKind.allCases.filter(config.rules.deletesByPattern))
         self.metrics = metrics
         self.logger = logger
         self.statistics = statistics
@@ -449,7 +452,7 @@ final class Worker {
             let notified = try NotificationPayload.parseEvent(notification.payload)
             guard redis != nil else { needsDrain = true; return }
             guard !recentIDs.contains(notified.id) && !notifiedIDs.contains(notified.id) else { return }
-            if let kind = EventKind(rawValue: notified.kind), !config.rules.deletesByPattern(kind),
+            if let kind = EventKind(rawValue: notified.kind), !patternKinds.contains(kind),
                let decoded = try? EventPayload.decodeReportingOversized(notified.payload), decoded.oversized.isEmpty {
                 // The start point comes from the log with the acknowledgement.
                 notifiedEvents.append((InvalidationEvent(id: notified.id, kind: kind, fields: decoded.fields, startMicros: 0), notified.payload))

@@ -171,6 +171,13 @@ struct PrivateChannelTests {
         #expect(try harness.deleted(among: ["tx:9:0xslow"]) == ["tx:9:0xslow"])
         try harness.waitFor("recorded") { $0.eventsProcessed == 1 }
         #expect(harness.worker!.statistics.snapshot.eventsFromNotifications == 0)
+        // Once, not at every connect: the worker's session is ended and it takes the lead again.
+        try harness.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", [role])
+        try harness.waitFor("connected again and listening") { $0.postgresConnects >= 2 && $0.listening }
+        try harness.seed(["tx:10:0xslow2"])
+        try harness.sql(DeliveryTests.settledTrade(10, "0xslow2"))
+        try harness.waitUntilProcessed()
+        #expect(try harness.deleted(among: ["tx:10:0xslow2"]) == ["tx:10:0xslow2"])
         let warnings = harness.logs.captured.filter { $0.contains("cannot listen on the private channel") }
         #expect(warnings.count == 1 && warnings[0].contains("GRANT EXECUTE ON FUNCTION cache_invalidation.listen_privately()"))
         harness.stopWorker()
