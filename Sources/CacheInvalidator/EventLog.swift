@@ -9,7 +9,25 @@ struct EventLog {
     /// Whether Postgres records commit timestamps (`track_commit_timestamp = on`), which makes
     /// the lag start point the true commit time instead of the trigger's write time.
     let commitTimestamps: Bool
+    /// Whether 0005_pending_queue is applied: pending events are the ids in
+    /// cache_invalidation.pending, and acknowledging one deletes it there. Without it, pending
+    /// events are the log's rows whose processed_at is NULL. Fixed for the life of this session;
+    /// the worker reconnects when the schema changes (`backlog` tells).
+    let queue: Bool
     private let knownKinds: String
+    private let mark = AcknowledgementMark()
+
+    /// The last record this session made in cache_invalidation.acknowledged (see `markAcknowledging`).
+    private final class AcknowledgementMark {
+        var recordedAt: UInt64 = 0
+        var minID: Int64 = .max
+    }
+
+    /// How often, at least, the lowest acknowledged id is recorded while the worker acknowledges.
+    static let markPeriodNanoseconds: UInt64 = 1_000_000_000
+    /// How far before `replay --since T` the replay looks for those records: the period, with room
+    /// for the worker's clock and the database's to disagree about how long a second is.
+    static let markLookbackSeconds = 10
 
     init(connection: PGConnection, channel: String, statementTimeoutMilliseconds: Int = 8000) throws(PostgresError) {
         self.connection = connection
@@ -44,7 +62,19 @@ struct EventLog {
         connection.queryTimeoutSeconds = EventLog.queryTimeoutSeconds
         let setting = try connection.execute("SELECT current_setting('track_commit_timestamp')")
         self.commitTimestamps = setting[0, 0] == "on"
+        let queue = try EventLog.usesPendingQueue(on: connection)
+        self.queue = queue
         let columns = EventLog.columns(commitTimestamps: commitTimestamps)
+        // Where pending events are, and how one is acknowledged: with 0005 the ids in
+        // cache_invalidation.pending (acknowledged by deleting them there; the log is append-only),
+        // before it the rows of the log whose processed_at is NULL (acknowledged by setting it).
+        // `key` is what the cursor and the ids are compared with: the pending table's primary key
+        // with 0005 (the scan walks it and looks each event up by the log's), the log's before.
+        let source = queue
+            ? "cache_invalidation.pending p JOIN cache_invalidation.events e ON e.id = p.id"
+            : "cache_invalidation.events e"
+        let pending = queue ? "true" : "e.processed_at IS NULL"
+        let key = queue ? "p.id" : "e.id"
         // Pending means "not acknowledged", not "id above the last one seen": an event whose
         // transaction commits after a later id is still found, and no long transaction elsewhere
         // can hold the fast path back. Unknown kinds (from a newer migration) stay pending for a
@@ -52,18 +82,20 @@ struct EventLog {
         // drain pass, so a large backlog is not rescanned from its start for every batch.
         //
         // Each batch acknowledges the previous one ($4, empty for the first) in the same
-        // statement. The SELECT does not see the UPDATE (one snapshot), and needs not: those ids
-        // are all at or below the cursor.
+        // statement. The SELECT does not see the acknowledgement (one snapshot), and needs not:
+        // those ids are all at or below the cursor.
         //
         // The acknowledgement, of the ids in parameter $n; only after Redis confirmed them.
         func acknowledging(_ n: Int) -> String {
-            "UPDATE cache_invalidation.events SET processed_at = clock_timestamp() WHERE id = ANY($\(n)::int8[]) AND processed_at IS NULL"
+            queue
+                ? "DELETE FROM cache_invalidation.pending WHERE id = ANY($\(n)::int8[])"
+                : "UPDATE cache_invalidation.events SET processed_at = clock_timestamp() WHERE id = ANY($\(n)::int8[]) AND processed_at IS NULL"
         }
         try connection.prepare("ci_fetch_pending", """
             WITH acknowledged AS (\(acknowledging(4)))
-            SELECT \(columns) FROM cache_invalidation.events e
-            WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id > $3
-            ORDER BY e.id LIMIT $1
+            SELECT \(columns) FROM \(source)
+            WHERE \(pending) AND e.kind = ANY($2::text[]) AND \(key) > $3
+            ORDER BY \(key) LIMIT $1
             """, parameterCount: 4)
         // The polling pace: what is new above the cursor, plus ids the cursor passed without
         // seeing them (their transactions had not committed yet, or rolled back), by primary key.
@@ -75,38 +107,53 @@ struct EventLog {
         //
         // Each poll acknowledges the previous poll's events ($5, deleted in Redis since; empty if
         // there were none). Those ids are at or below the cursor and no longer among the skipped
-        // ones, so the SELECT (which does not see the UPDATE) does not return them.
+        // ones, so the SELECT (which does not see the acknowledgement) does not return them.
         try connection.prepare("ci_poll", """
             WITH acknowledged AS (\(acknowledging(5)))
             SELECT * FROM (
-                (SELECT \(columns) FROM cache_invalidation.events e
-                 WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id > $3
-                 ORDER BY e.id LIMIT $1)
+                (SELECT \(columns) FROM \(source)
+                 WHERE \(pending) AND e.kind = ANY($2::text[]) AND \(key) > $3
+                 ORDER BY \(key) LIMIT $1)
                 UNION ALL
-                (SELECT \(columns) FROM cache_invalidation.events e
-                 WHERE e.processed_at IS NULL AND e.kind = ANY($2::text[]) AND e.id = ANY($4::int8[]) AND e.id <= $3)
+                (SELECT \(columns) FROM \(source)
+                 WHERE \(pending) AND e.kind = ANY($2::text[]) AND \(key) = ANY($4::int8[]) AND \(key) <= $3)
             ) polled ORDER BY 1 LIMIT $1
             """, parameterCount: 5)
         // The fast path: the events notifications named, by primary key. Scanning the pending
         // index instead would walk every entry acknowledged since the last vacuum.
         try connection.prepare("ci_fetch_ids", """
-            SELECT \(columns) FROM cache_invalidation.events e
-            WHERE e.id = ANY($1::int8[]) AND e.processed_at IS NULL AND e.kind = ANY($2::text[])
-            ORDER BY e.id
+            SELECT \(columns) FROM \(source)
+            WHERE \(key) = ANY($1::int8[]) AND \(pending) AND e.kind = ANY($2::text[])
+            ORDER BY \(key)
             """, parameterCount: 2)
         try connection.prepare("ci_ack", acknowledging(1), parameterCount: 1)
+        if queue {
+            try connection.prepare("ci_mark", "INSERT INTO cache_invalidation.acknowledged (min_id) VALUES ($1::int8)", parameterCount: 1)
+        }
         // Events the private channel carried (0004): acknowledged only where the log holds that
         // very event. The payload is compared as jsonb's text, which is what emit() sent, so
-        // nothing from a notification is ever cast or parsed by Postgres. `e.id = ANY($1)` keeps
-        // the generic plan on the primary key (a bare join with unnest could scan the whole log).
-        try connection.prepare("ci_ack_notified", """
+        // nothing from a notification is ever cast or parsed by Postgres. `= ANY($1)` keeps the
+        // generic plan on the primary key (a bare join with unnest could scan the whole log).
+        let start = commitTimestamps ? "COALESCE(pg_xact_commit_timestamp(e.xmin), e.created_at)" : "e.created_at"
+        try connection.prepare("ci_ack_notified", queue ? """
+            DELETE FROM cache_invalidation.pending p
+            USING unnest($1::int8[], $2::text[], $3::text[]) AS n(id, kind, payload), cache_invalidation.events e
+            WHERE p.id = ANY($1::int8[]) AND p.id = n.id AND e.id = p.id
+              AND e.kind = n.kind AND e.payload::text = n.payload
+            RETURNING p.id, (extract(epoch FROM \(start)) * 1000000)::int8
+            """ : """
             UPDATE cache_invalidation.events e SET processed_at = clock_timestamp()
             FROM unnest($1::int8[], $2::text[], $3::text[]) AS n(id, kind, payload)
             WHERE e.id = ANY($1::int8[]) AND e.id = n.id AND e.processed_at IS NULL
               AND e.kind = n.kind AND e.payload::text = n.payload
-            RETURNING e.id, (extract(epoch FROM \(commitTimestamps ? "COALESCE(pg_xact_commit_timestamp(e.xmin), e.created_at)" : "e.created_at")) * 1000000)::int8
+            RETURNING e.id, (extract(epoch FROM \(start)) * 1000000)::int8
             """, parameterCount: 3)
         self.knownKinds = PostgresArray.text(EventKind.allNames)
+    }
+
+    /// Whether the pending queue of 0005_pending_queue exists.
+    static func usesPendingQueue(on connection: PGConnection) throws(PostgresError) -> Bool {
+        try connection.execute("SELECT to_regclass('cache_invalidation.pending') IS NOT NULL")[0, 0] == "t"
     }
 
     /// How long any query of the worker may take before its connection is treated as lost.
@@ -227,6 +274,22 @@ struct EventLog {
         var maxID: Int64 = 0
     }
 
+    /// With the pending queue, before acknowledging `ids`: records the lowest of them in
+    /// cache_invalidation.acknowledged, unless this session's record from the last second already
+    /// bounds it. processed_at used to tell `replay --since T` which events were processed after T;
+    /// these records keep that answer (every id acknowledged after T is at or above the lowest
+    /// recorded from one period before T on) for one small row per second instead of one UPDATE
+    /// per event. Recorded first, so no acknowledgement is ever without its record, even if the
+    /// server crashes between the two (this session's commits reach the WAL in order).
+    private func markAcknowledging(_ ids: [Int64]) throws(PostgresError) {
+        guard queue, let lowest = ids.min() else { return }
+        let now = monotonicNanoseconds()
+        if lowest >= mark.minID && now &- mark.recordedAt < Self.markPeriodNanoseconds { return }
+        try connection.execute(prepared: "ci_mark", [String(lowest)])
+        mark.recordedAt = now
+        mark.minID = lowest
+    }
+
     /// Pending events with ids above `after`, oldest first (a drain pass), acknowledging
     /// `acknowledging` (all at or below `after`) in the same statement. Sends it and returns at
     /// once; its rows are received on a helper thread while the worker deletes the previous
@@ -234,6 +297,7 @@ struct EventLog {
     /// last row has the highest id, which is where the next batch starts). Nothing else may use
     /// the connection before that.
     func fetchPending(after: Int64, limit: Int, acknowledging: [Int64]) throws(PostgresError) -> PendingRows {
+        try markAcknowledging(acknowledging)
         try connection.send(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after), PostgresArray.integers(acknowledging)])
         return connection.receiveConcurrently()
     }
@@ -241,7 +305,8 @@ struct EventLog {
     /// One poll: pending events above `after`, and those among `skipped` that are pending now;
     /// acknowledges `acknowledging` (the previous poll's events) in the same statement.
     func poll(after: Int64, skipped: [Int64], limit: Int, acknowledging: [Int64]) throws(PostgresError) -> Fetched {
-        Self.decode(try connection.execute(prepared: "ci_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped), PostgresArray.integers(acknowledging)]))
+        try markAcknowledging(acknowledging)
+        return Self.decode(try connection.execute(prepared: "ci_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped), PostgresArray.integers(acknowledging)]))
     }
 
     /// The named events that are still pending (the fast path after notifications).
@@ -285,6 +350,7 @@ struct EventLog {
     /// Marks events processed. Only called after Redis confirmed every deletion they asked for.
     func acknowledge(_ ids: [Int64]) throws(PostgresError) {
         guard !ids.isEmpty else { return }
+        try markAcknowledging(ids)
         try connection.execute(prepared: "ci_ack", [PostgresArray.integers(ids)])
     }
 
@@ -292,6 +358,7 @@ struct EventLog {
     /// the lag start (as `columns` computes it). Only after Redis confirmed their deletions.
     func acknowledgeNotified(_ events: [(id: Int64, kind: String, payload: String)]) throws(PostgresError) -> [Int64: Int64] {
         guard !events.isEmpty else { return [:] }
+        try markAcknowledging(events.map(\.id))
         let rows = try connection.execute(prepared: "ci_ack_notified", [
             PostgresArray.integers(events.map(\.id)), PostgresArray.text(events.map(\.kind)), PostgresArray.text(events.map(\.payload))])
         var starts: [Int64: Int64] = [:]
@@ -316,31 +383,38 @@ struct EventLog {
         var unknownKind: Int64
         /// pg_notification_queue_usage(): when the server's queue is full, notifying commits fail.
         var queueUsage: Double
-        /// The event log's size on disk (table, indexes, TOAST).
+        /// The event log's size on disk (table, indexes, TOAST; and the pending queue's).
         var logBytes: Int64
+        /// Whether the pending queue (0005) exists now: the worker reconnects when this is not
+        /// what its session was prepared for.
+        var queue: Bool
     }
 
     func backlog() throws(PostgresError) -> Backlog {
-        try Self.backlog(on: connection)
+        try Self.backlog(on: connection, queue: queue)
     }
 
-    /// Also for `check`, on a connection of its own.
-    static func backlog(on connection: PGConnection) throws(PostgresError) -> Backlog {
+    /// Also for `check`, on a connection of its own (`queue`: `usesPendingQueue`).
+    static func backlog(on connection: PGConnection, queue: Bool) throws(PostgresError) -> Backlog {
         let knownKinds = PostgresArray.text(EventKind.allNames)
         let rows = try connection.execute("""
             SELECT count(*),
-                   COALESCE(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8,
-                   count(*) FILTER (WHERE kind <> ALL($1::text[])),
+                   COALESCE(extract(epoch FROM clock_timestamp() - min(e.created_at)), 0)::float8,
+                   count(*) FILTER (WHERE e.kind <> ALL($1::text[])),
                    pg_notification_queue_usage(),
                    pg_total_relation_size('cache_invalidation.events')
-            FROM cache_invalidation.events WHERE processed_at IS NULL
+                     + COALESCE(pg_total_relation_size(to_regclass('cache_invalidation.pending')), 0),
+                   to_regclass('cache_invalidation.pending') IS NOT NULL
+            FROM \(queue ? "cache_invalidation.pending p JOIN cache_invalidation.events e ON e.id = p.id"
+                         : "cache_invalidation.events e WHERE e.processed_at IS NULL")
             """, [knownKinds])
         return Backlog(
             pending: rows[0, 0].flatMap { Int64($0) } ?? 0,
             oldestAgeSeconds: rows[0, 1].flatMap { Double($0) } ?? 0,
             unknownKind: rows[0, 2].flatMap { Int64($0) } ?? 0,
             queueUsage: rows[0, 3].flatMap { Double($0) } ?? 0,
-            logBytes: rows[0, 4].flatMap { Int64($0) } ?? 0)
+            logBytes: rows[0, 4].flatMap { Int64($0) } ?? 0,
+            queue: rows[0, 5] == "t")
     }
 }
 
@@ -375,12 +449,26 @@ extension EventLog {
         // `= ANY(ARRAY(...))`, not `IN (...)`: under the session's generic plans (see init) the
         // IN became a hash semi-join over a sequential scan of the whole log, 256-400 ms per
         // step on 2,000,000 rows and growing with the log; this form deletes by primary key.
-        try connection.execute("""
+        //
+        // With the pending queue (0005) an event is processed when its id has left the queue;
+        // its processed_at stays NULL, so its age is its creation's. Events processed before
+        // 0005 keep their processed_at, and the rule they had.
+        let processed = queue
+            ? "NOT EXISTS (SELECT 1 FROM cache_invalidation.pending p WHERE p.id = e.id) AND (e.processed_at IS NULL OR e.processed_at < now() - make_interval(secs => $1::float8))"
+            : "e.processed_at < now() - make_interval(secs => $1::float8)"
+        return try connection.execute("""
             DELETE FROM cache_invalidation.events WHERE id = ANY(ARRAY(
-                SELECT id FROM cache_invalidation.events
-                WHERE created_at < now() - make_interval(secs => $1::float8)
-                  AND processed_at < now() - make_interval(secs => $1::float8)
-                LIMIT $2 FOR UPDATE SKIP LOCKED))
+                SELECT e.id FROM cache_invalidation.events e
+                WHERE e.created_at < now() - make_interval(secs => $1::float8)
+                  AND \(processed)
+                LIMIT $2 FOR UPDATE OF e SKIP LOCKED))
             """, [String(seconds), String(limit)]).affected
+    }
+
+    /// With the pending queue: deletes the acknowledgement records past the retention window
+    /// (a replay cannot reach further back than the log it replays).
+    func pruneMarks(olderThanSeconds seconds: UInt64) throws(PostgresError) {
+        guard queue else { return }
+        try connection.execute("DELETE FROM cache_invalidation.acknowledged WHERE at < now() - make_interval(secs => $1::float8)", [String(seconds)])
     }
 }

@@ -14,8 +14,8 @@ public struct HealthCheck {
 
     /// The schema version this worker reads (0002_cache_invalidation).
     public static let requiredSchemaVersion: Int64 = 2
-    /// The newest schema version shipped (0004_private_channel).
-    public static let latestSchemaVersion: Int64 = 4
+    /// The newest schema version shipped (0005_pending_queue).
+    public static let latestSchemaVersion: Int64 = 5
 
     public var configuration: WorkerConfiguration
     public var maximumBacklog: Int64 = 10_000
@@ -61,7 +61,7 @@ public struct HealthCheck {
                 findings.append(Finding(
                     ok: version >= Self.requiredSchemaVersion, subject: "migrations",
                     detail: version >= Self.requiredSchemaVersion
-                        ? "schema version \(version)" + (version < Self.latestSchemaVersion ? " (works; apply the pending migrations: 0003 quiet_notify spares the bot's writes their NOTIFY while the worker is busy, 0004 private_channel saves a round trip of lag per event)" : "")
+                        ? "schema version \(version)" + (version < Self.latestSchemaVersion ? " (works; apply the pending migrations: 0003 quiet_notify spares the bot's writes their NOTIFY while the worker is busy, 0004 private_channel saves a round trip of lag per event, 0005 pending_queue makes acknowledging an event a delete from a narrow queue instead of an update of the log)" : "")
                         : "schema version \(version), this worker needs \(Self.requiredSchemaVersion); apply the migrations"))
             } else {
                 findings.append(Finding(ok: true, subject: "migrations", detail: "event log present (version table not readable by this role)"))
@@ -75,10 +75,17 @@ public struct HealthCheck {
             do { findings += try body() } catch { findings.append(Finding(ok: false, subject: subject, detail: "\(error)")) }
         }
         section("privileges") { () throws(PostgresError) -> [Finding] in
+            // With 0005 the worker acknowledges in the pending queue; before it, in processed_at.
+            let queue = try EventLog.usesPendingQueue(on: connection)
             let privileges = try query("""
                 SELECT has_schema_privilege('cache_invalidation', 'USAGE'),
                        has_table_privilege('cache_invalidation.events', 'SELECT'),
                        has_column_privilege('cache_invalidation.events', 'processed_at', 'UPDATE'),
+                       coalesce((SELECT has_table_privilege(q, 'SELECT') AND has_table_privilege(q, 'DELETE')
+                                        AND has_table_privilege(a, 'SELECT') AND has_table_privilege(a, 'INSERT')
+                                        AND has_table_privilege(a, 'DELETE')
+                                 FROM to_regclass('cache_invalidation.pending') AS q, to_regclass('cache_invalidation.acknowledged') AS a
+                                 WHERE q IS NOT NULL AND a IS NOT NULL), false),
                        has_table_privilege('cache_invalidation.events', 'DELETE'),
                        -- Without 0004 there is nothing to grant: counted as granted.
                        coalesce((SELECT has_function_privilege(p, 'EXECUTE')
@@ -88,7 +95,8 @@ public struct HealthCheck {
             let needed: [(privilege: String, applies: Bool)] = [
                 ("USAGE on schema cache_invalidation", true),
                 ("SELECT on cache_invalidation.events", true),
-                ("UPDATE (processed_at) on cache_invalidation.events", true),
+                ("UPDATE (processed_at) on cache_invalidation.events", !queue),
+                ("SELECT, DELETE on cache_invalidation.pending and SELECT, INSERT, DELETE on cache_invalidation.acknowledged", queue),
                 ("DELETE on cache_invalidation.events (for --retention)", configuration.retentionSeconds > 0),
                 ("EXECUTE on function cache_invalidation.listen_privately() (without it every event costs one more round trip of lag)", true),
             ]
@@ -99,7 +107,7 @@ public struct HealthCheck {
         section("triggers") { () throws(PostgresError) -> [Finding] in try triggerFindings(connection) }
         section("private channel") { () throws(PostgresError) -> [Finding] in try privateChannelFindings(connection) }
         section("backlog") { () throws(PostgresError) -> [Finding] in
-            let backlog = try EventLog.backlog(on: connection)
+            let backlog = try EventLog.backlog(on: connection, queue: try EventLog.usesPendingQueue(on: connection))
             let age = String(format: "%.1f", backlog.oldestAgeSeconds)
             let usage = String(format: "%.4f", backlog.queueUsage * 100)
             let backlogOK = backlog.pending <= maximumBacklog && backlog.oldestAgeSeconds <= maximumOldestAgeSeconds

@@ -76,7 +76,20 @@ public struct Replayer {
         let kinds = PostgresArray.text(EventKind.allNames)
         // The cutoff is resolved once, on the database's clock (not this machine's).
         var cutoff: String? = nil
+        // Events still pending are replayed whatever their age. With the pending queue (0005) a
+        // processed event has no processed_at: what the worker recorded while acknowledging
+        // tells which were processed after the cutoff.
+        var stillPending = "e.processed_at IS NULL"
         do {
+            if try EventLog.usesPendingQueue(on: postgres) {
+                // Processed after the cutoff: at or above the lowest id the worker recorded
+                // acknowledging from one period before it on (EventLog.markAcknowledging).
+                stillPending = """
+                    EXISTS (SELECT 1 FROM cache_invalidation.pending p WHERE p.id = e.id)
+                    OR e.id >= (SELECT min(a.min_id) FROM cache_invalidation.acknowledged a
+                                WHERE a.at >= $3::timestamptz - make_interval(secs => \(EventLog.markLookbackSeconds)))
+                    """
+            }
             if let ago = range.sinceMillisecondsAgo {
                 cutoff = try postgres.execute("SELECT (now() - $1::int8 * interval '1 ms')::text", [String(ago)])[0, 0]
             } else if let since = range.since {
@@ -94,7 +107,7 @@ public struct Replayer {
                     FROM cache_invalidation.events e
                     WHERE e.id > $1 AND ($2::int8 IS NULL OR e.id <= $2::int8)
                       AND ($3::timestamptz IS NULL OR e.created_at >= $3::timestamptz
-                           OR e.processed_at >= $3::timestamptz OR e.processed_at IS NULL)
+                           OR e.processed_at >= $3::timestamptz OR \(stillPending))
                       AND e.kind = ANY($4::text[])
                     ORDER BY e.id LIMIT $5
                     """, [String(cursor), range.toID.map(String.init), cutoff, kinds, String(batchSize)]))

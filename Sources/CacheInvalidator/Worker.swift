@@ -324,6 +324,20 @@ final class Worker {
                server: "postgres", what: what, consequence: "events wait in the log", error: "\(error)")
     }
 
+    /// Drops the Postgres session on purpose and opens a new one at once (not a failure: no
+    /// backoff, no error count). Everything unacknowledged is redone from the log, as after a
+    /// lost connection.
+    private func reopenPostgres(reason: String) {
+        logger.notice("\(reason)")
+        eventLog = nil
+        active = false
+        polling = PollingState()
+        privateChannel = nil
+        notifiedEvents.removeAll(keepingCapacity: false)
+        notifiedIDs.removeAll(keepingCapacity: false)
+        needsDrain = true
+    }
+
     private func connectRedis() {
         do {
             let connection = try config.redis.connect(timeoutMilliseconds: config.redisTimeoutMilliseconds)
@@ -921,7 +935,10 @@ final class Worker {
             while !stopping && monotonicNanoseconds() - started < 500_000_000 {
                 let deleted = try eventLog.prune(olderThanSeconds: config.retentionSeconds, limit: 5_000)
                 pruned += deleted
-                if deleted < 5_000 { break }
+                if deleted < 5_000 {
+                    try eventLog.pruneMarks(olderThanSeconds: config.retentionSeconds)
+                    break
+                }
                 readNotifications()
                 if hasWork && redis != nil { processPending() }
                 guard self.eventLog != nil else { return }
@@ -969,6 +986,14 @@ final class Worker {
             do {
                 let backlog = try eventLog.backlog()
                 postgresRoundTripSucceeded()
+                if backlog.queue != eventLog.queue {
+                    // 0005 applied (or rolled back) while this session runs: its statements
+                    // would still work (the log keeps processed_at) but acknowledge where the
+                    // schema no longer looks, and scan the log without its index.
+                    reopenPostgres(reason: backlog.queue
+                        ? "the pending queue (0005_pending_queue) was applied; reconnecting to acknowledge there"
+                        : "the pending queue (0005_pending_queue) was rolled back; reconnecting to acknowledge in processed_at")
+                }
                 statistics.update {
                     $0.backlog = backlog.pending; $0.oldestPendingAgeSeconds = backlog.oldestAgeSeconds
                     $0.queueUsage = backlog.queueUsage; $0.logBytes = backlog.logBytes

@@ -62,7 +62,7 @@ struct CheckTests {
         let harness = try Harness()
         let role = "ci_noprune_\(harness.databaseName)"
         try harness.sql("CREATE ROLE \(role) LOGIN")
-        try harness.sql("GRANT USAGE ON SCHEMA cache_invalidation TO \(role); GRANT SELECT ON cache_invalidation.events, cache_invalidation.expected_triggers TO \(role); GRANT UPDATE (processed_at) ON cache_invalidation.events TO \(role)")
+        try harness.sql("GRANT USAGE ON SCHEMA cache_invalidation TO \(role); GRANT SELECT ON cache_invalidation.events, cache_invalidation.expected_triggers TO \(role); GRANT UPDATE (processed_at) ON cache_invalidation.events TO \(role); GRANT SELECT, DELETE ON cache_invalidation.pending TO \(role); GRANT SELECT, INSERT, DELETE ON cache_invalidation.acknowledged TO \(role)")
         try harness.sql("GRANT EXECUTE ON FUNCTION cache_invalidation.listen_privately() TO \(role)")
         let url = harness.servers.postgresURL(database: harness.databaseName, user: role)
         let outcome = try Self.check(harness, databaseURL: url)
@@ -76,7 +76,7 @@ struct CheckTests {
         let harness = try Harness()
         let role = "ci_nolisten_\(harness.databaseName)"
         try harness.sql("CREATE ROLE \(role) LOGIN")
-        try harness.sql("GRANT USAGE ON SCHEMA cache_invalidation TO \(role); GRANT SELECT ON cache_invalidation.events, cache_invalidation.expected_triggers TO \(role); GRANT DELETE ON cache_invalidation.events TO \(role); GRANT UPDATE (processed_at) ON cache_invalidation.events TO \(role)")
+        try harness.sql("GRANT USAGE ON SCHEMA cache_invalidation TO \(role); GRANT SELECT ON cache_invalidation.events, cache_invalidation.expected_triggers TO \(role); GRANT DELETE ON cache_invalidation.events TO \(role); GRANT UPDATE (processed_at) ON cache_invalidation.events TO \(role); GRANT SELECT, DELETE ON cache_invalidation.pending TO \(role); GRANT SELECT, INSERT, DELETE ON cache_invalidation.acknowledged TO \(role)")
         let outcome = try Self.check(harness, databaseURL: harness.servers.postgresURL(database: harness.databaseName, user: role))
         #expect(outcome.status == 1)
         #expect(outcome.output.contains("FAIL privileges: missing EXECUTE on function cache_invalidation.listen_privately()"), "\(outcome.output)")

@@ -35,10 +35,10 @@ struct FaultTests {
         harness.servers.stopExtraRedis(port: port)
         try harness.waitFor("redis reported down") { !$0.redisUp }
         let outageStart = bot.committed
-        let acknowledgedAtOutage = try harness.count("SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NOT NULL")
+        let acknowledgedAtOutage = try harness.count("SELECT count(*) FROM cache_invalidation.events WHERE \(try harness.processed)")
         sleep(UInt32(seconds))
         #expect(harness.worker!.wait(seconds: 0) == false, "the worker stays alive through the outage")
-        #expect(try harness.count("SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NOT NULL") == acknowledgedAtOutage,
+        #expect(try harness.count("SELECT count(*) FROM cache_invalidation.events WHERE \(try harness.processed)") == acknowledgedAtOutage,
                 "an event was acknowledged while no deletion could be confirmed")
         #expect(try harness.pendingCount >= bot.committed - outageStart)
 
@@ -83,7 +83,7 @@ struct FaultTests {
             $0.batchSize = 25
             $0.redisTimeoutMilliseconds = 300
         }
-        let acknowledged = "SELECT payload->>'telegram_id', payload->>'tx_hash' FROM cache_invalidation.events WHERE processed_at IS NOT NULL AND payload->>'tx_hash' LIKE '0xstall%'"
+        let acknowledged = "SELECT payload->>'telegram_id', payload->>'tx_hash' FROM cache_invalidation.events WHERE \(try harness.processed) AND payload->>'tx_hash' LIKE '0xstall%'"
         try harness.waitForAcknowledged(500, hashPrefix: "0xstall")
 
         // Reads (EXISTS) are still served during a WRITE pause; UNLINK waits.

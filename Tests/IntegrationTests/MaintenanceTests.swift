@@ -35,12 +35,18 @@ struct MaintenanceTests {
             INSERT INTO trades (telegram_id, wallet_address, token_address, side, source, status)
             SELECT g, '0xW', '0xT', 'buy', 'manual', 'confirmed' FROM generate_series(1, 100) g
             """)
-        try harness.sql(#"INSERT INTO cache_invalidation.events (kind, payload, created_at) SELECT 'future_kind', '{}', now() - interval '2 days' FROM generate_series(1, 50)"#)
+        try harness.logByHand(#"INSERT INTO cache_invalidation.events (kind, payload, created_at) SELECT 'future_kind', '{}', now() - interval '2 days' FROM generate_series(1, 50)"#)
+        // Acknowledgement records (0005) past retention go too; a recent one stays.
+        try harness.sql("INSERT INTO cache_invalidation.acknowledged (at, min_id) VALUES (now() - interval '2 days', 1), (now() - interval '1 hour', 2)")
         harness.startWorker { $0.retentionSeconds = 86_400; $0.maintenanceIntervalNanoseconds = 200_000_000 }
         try harness.waitFor("pruning", timeout: 30) { $0.eventsPruned == 12_000 }
         #expect(try harness.count("SELECT count(*) FROM cache_invalidation.events") == 150)
-        #expect(try harness.count("SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NULL") == 50, "unprocessed events are never pruned")
+        #expect(try harness.count("SELECT count(*) FROM cache_invalidation.events WHERE \(try harness.pending)") == 50, "unprocessed events are never pruned")
         #expect(harness.logs.captured.contains { $0.contains("pruned processed events past retention") })
+        try harness.waitFor("old acknowledgement records pruned", timeout: 10) { _ in
+            (try? harness.count("SELECT count(*) FROM cache_invalidation.acknowledged WHERE at < now() - interval '1 day'")) == 0
+        }
+        #expect(try harness.count("SELECT count(*) FROM cache_invalidation.acknowledged WHERE min_id = 2") == 1)
         harness.stopWorker()
     }
 }

@@ -115,7 +115,7 @@ struct MigrationTests {
         try bot.execute("COMMIT")
         #expect(try migrator.appliedVersions() == [1])
         #expect(try harness.count("SELECT count(*) FROM pg_namespace WHERE nspname = 'cache_invalidation'") == 0)
-        #expect(try migrator.up() == [2, 3, 4])
+        #expect(try migrator.up() == [2, 3, 4, 5])
     }
 
     @Test func migrateCommandAppliesListsAndRollsBack() throws {
@@ -125,12 +125,13 @@ struct MigrationTests {
         #expect(up.status == 0, "\(up.output)")
         let status = try ProcessTests.run(["migrate", "status", "--migrations-dir", Harness.migrationsDirectory], environment: env)
         #expect(status.output.contains("0001 bot_schema applied") && status.output.contains("0002 cache_invalidation applied"), "\(status.output)")
-        #expect(status.output.contains("0003 quiet_notify applied") && status.output.contains("0004 private_channel applied"), "\(status.output)")
-        let down = try ProcessTests.run(["migrate", "down", "--steps", "3", "--migrations-dir", Harness.migrationsDirectory], environment: env)
+        #expect(status.output.contains("0003 quiet_notify applied") && status.output.contains("0004 private_channel applied")
+                && status.output.contains("0005 pending_queue applied"), "\(status.output)")
+        let down = try ProcessTests.run(["migrate", "down", "--steps", "4", "--migrations-dir", Harness.migrationsDirectory], environment: env)
         #expect(down.status == 0, "\(down.output)")
         let after = try ProcessTests.run(["migrate", "status", "--migrations-dir", Harness.migrationsDirectory], environment: env)
         #expect(after.output.contains("0002 cache_invalidation pending") && after.output.contains("0003 quiet_notify pending")
-                && after.output.contains("0004 private_channel pending"), "\(after.output)")
+                && after.output.contains("0004 private_channel pending") && after.output.contains("0005 pending_queue pending"), "\(after.output)")
         let missing = try ProcessTests.run(["migrate", "up", "--migrations-dir", "/nonexistent"], environment: env)
         #expect(missing.status == 2 && missing.output.contains("/nonexistent cannot be read"), "\(missing.output)")
     }

@@ -159,7 +159,9 @@ struct PrivateChannelTests {
         let role = "nogrant_\(harness.databaseName)"
         try harness.sql("""
             CREATE ROLE \(role) LOGIN; GRANT USAGE ON SCHEMA cache_invalidation TO \(role);
-            GRANT SELECT, UPDATE (processed_at) ON cache_invalidation.events TO \(role)
+            GRANT SELECT, UPDATE (processed_at) ON cache_invalidation.events TO \(role);
+            GRANT SELECT, DELETE ON cache_invalidation.pending TO \(role);
+            GRANT SELECT, INSERT, DELETE ON cache_invalidation.acknowledged TO \(role)
             """)
         defer { _ = try? harness.sql("DROP OWNED BY \(role); DROP ROLE \(role)") }
         let url = harness.servers.postgresURL(database: harness.databaseName, user: role)

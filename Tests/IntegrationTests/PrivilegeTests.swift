@@ -36,6 +36,10 @@ struct PrivilegeTests {
             "TRUNCATE trades",
             // The channel's name is the capability to send events on it: not readable.
             "SELECT name FROM cache_invalidation.private_channel",
+            // Nothing can be queued by the worker, only taken off the queue.
+            "INSERT INTO cache_invalidation.pending (id) VALUES (1)",
+            "UPDATE cache_invalidation.pending SET id = id + 1",
+            "UPDATE cache_invalidation.acknowledged SET min_id = 0",
         ]
         for statement in forbidden {
             #expect {
@@ -47,5 +51,9 @@ struct PrivilegeTests {
         // What it needs still works: reading, and deleting (pruning past retention).
         #expect(try worker.execute("SELECT count(*) FROM cache_invalidation.events").rows.count == 1)
         #expect(try worker.execute("DELETE FROM cache_invalidation.events WHERE processed_at < now() - interval '1 day'").affected == 0)
+        // Acknowledging in the queue, recording it, and pruning those records.
+        #expect(try worker.execute("DELETE FROM cache_invalidation.pending WHERE id = -1").affected == 0)
+        #expect(try worker.execute("INSERT INTO cache_invalidation.acknowledged (min_id) VALUES (-1)").affected == 1)
+        #expect(try worker.execute("DELETE FROM cache_invalidation.acknowledged WHERE min_id = -1").affected == 1)
     }
 }

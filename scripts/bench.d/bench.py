@@ -137,13 +137,32 @@ def scalar(conn, sql, params=None):
     return row[0] if row else None
 
 
+def has_queue(conn):
+    """0005_pending_queue applied: pending events are in cache_invalidation.pending, and the
+    worker no longer writes processed_at."""
+    return scalar(conn, "SELECT to_regclass('cache_invalidation.pending') IS NOT NULL")
+
+
 def pending(conn):
+    if has_queue(conn):
+        return scalar(conn, "SELECT count(*) FROM cache_invalidation.pending")
     return scalar(conn, "SELECT count(*) FROM cache_invalidation.events WHERE processed_at IS NULL")
+
+
+def acknowledged_since(conn, t0):
+    """Events acknowledged since t0. With the queue there is no per-event acknowledgement time:
+    the events created since t0 that have left the queue (every phase processes what it writes)."""
+    if has_queue(conn):
+        return scalar(conn, "SELECT count(*) FROM cache_invalidation.events e WHERE e.created_at >= %s "
+                            "AND NOT EXISTS (SELECT 1 FROM cache_invalidation.pending p WHERE p.id = e.id)", (t0,))
+    return scalar(conn, "SELECT count(*) FROM cache_invalidation.events WHERE processed_at >= %s", (t0,))
 
 
 def settle(conn, label):
     """Same starting state for each phase: the event log vacuumed, a fresh checkpoint."""
     conn.execute("VACUUM (ANALYZE) cache_invalidation.events")
+    if has_queue(conn):
+        conn.execute("VACUUM (ANALYZE) cache_invalidation.pending")
     conn.execute("VACUUM (ANALYZE) public.trades")
     conn.execute("CHECKPOINT")
 
@@ -211,7 +230,7 @@ class Meter:
         cpu = proc_cpu_seconds(self.pid) - self.cpu0
         mem = proc_memory_kb(self.pid)
         if events is None:
-            events = scalar(self.conn, "SELECT count(*) FROM cache_invalidation.events WHERE processed_at >= %s", (self.t0,))
+            events = acknowledged_since(self.conn, self.t0)
         return {
             "cpu_seconds": round(cpu, 3),
             "events": events,
@@ -603,6 +622,10 @@ class Bench:
         settle(self.conn, f"drain-{size}-written")
         say(f"drain: {size} events written in {write_seconds:.1f} s; starting the worker")
         poll = self.conn.cursor()
+        queue = has_queue(self.conn)
+        done_sql = ("SELECT NOT EXISTS (SELECT 1 FROM cache_invalidation.pending WHERE id = %s)" if queue
+                    else "SELECT processed_at IS NOT NULL FROM cache_invalidation.events WHERE id = %s")
+        started_at = scalar(self.conn, "SELECT clock_timestamp()")
         t0 = time.perf_counter()
         self.worker.start(f"drain-{size}")
         meter = Meter(self.worker, self.conn, fresh=True)
@@ -612,8 +635,9 @@ class Bench:
         last_polls = 0
         while True:
             last_polls += 1
-            if scalar(poll, "SELECT processed_at IS NOT NULL FROM cache_invalidation.events WHERE id = %s", (last,)):
+            if scalar(poll, done_sql, (last,)):
                 t1 = time.perf_counter()
+                done_at = scalar(poll, "SELECT clock_timestamp()")
                 if pending(self.conn) == 0:
                     break
             if self.worker.proc.poll() is not None:
@@ -622,8 +646,15 @@ class Bench:
                 raise RuntimeError("the drain took more than 30 minutes")
             time.sleep(0.02)
         external = t1 - t0
-        own = scalar(self.conn, "SELECT extract(epoch FROM max(processed_at) - min(processed_at))::float8 "
-                                "FROM cache_invalidation.events WHERE id BETWEEN %s AND %s", (first, last))
+        if queue:
+            # From the worker's first acknowledgement record of the phase (it records before its
+            # first acknowledgement, so after the first batch's deletion) to when this poll saw
+            # the last event acknowledged.
+            own = scalar(self.conn, "SELECT extract(epoch FROM %s::timestamptz - min(at))::float8 "
+                                    "FROM cache_invalidation.acknowledged WHERE at >= %s", (done_at, started_at))
+        else:
+            own = scalar(self.conn, "SELECT extract(epoch FROM max(processed_at) - min(processed_at))::float8 "
+                                    "FROM cache_invalidation.events WHERE id BETWEEN %s AND %s", (first, last))
         w = meter.finish(events=size)
         result = {
             "events": size,
