@@ -27,6 +27,8 @@ let package = Package(
             pkgConfig: "hiredis",
             providers: [.apt(["libhiredis-dev"])]
         ),
+        // glibc's <malloc.h>, for one mallopt call at start-up (see Run.swift).
+        .systemLibrary(name: "CMalloc"),
         .target(
             name: "InvalidationCore",
             dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")]
@@ -44,7 +46,7 @@ let package = Package(
         .executableTarget(
             name: "cache-invalidator",
             dependencies: [
-                "CacheInvalidator",
+                "CacheInvalidator", "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
