@@ -78,12 +78,7 @@ struct EventLog {
         // generic plan otherwise merges the queue with the whole log's primary key from its
         // first entry, on every batch (17,000 events/s on a 1,000,000 backlog), and a sweep
         // would walk every event since the oldest one still queued.
-        let source = queue
-            ? """
-              cache_invalidation.pending p CROSS JOIN LATERAL (
-                  SELECT l.id, l.kind, l.payload, l.created_at, l.xmin AS xmin FROM cache_invalidation.events l WHERE l.id = p.id OFFSET 0) e
-              """
-            : "cache_invalidation.events e"
+        let source = queue ? Self.queuedEvents : "cache_invalidation.events e"
         let pending = queue ? "true" : "e.processed_at IS NULL"
         let key = queue ? "p.id" : "e.id"
         // Pending means "not acknowledged", not "id above the last one seen": an event whose
@@ -161,6 +156,13 @@ struct EventLog {
             """, parameterCount: 3)
         self.knownKinds = PostgresArray.text(EventKind.allNames)
     }
+
+    /// The queued events (0005) as `e`, with the queue as `p`: each id looked up in the log by
+    /// primary key, so the cost follows the queue's length, never the log's (see init).
+    static let queuedEvents = """
+        cache_invalidation.pending p CROSS JOIN LATERAL (
+            SELECT l.id, l.kind, l.payload, l.created_at, l.xmin AS xmin FROM cache_invalidation.events l WHERE l.id = p.id OFFSET 0) e
+        """
 
     /// Whether the pending queue of 0005_pending_queue exists.
     static func usesPendingQueue(on connection: PGConnection) throws(PostgresError) -> Bool {
@@ -416,8 +418,7 @@ struct EventLog {
                    pg_total_relation_size('cache_invalidation.events')
                      + COALESCE(pg_total_relation_size(to_regclass('cache_invalidation.pending')), 0),
                    to_regclass('cache_invalidation.pending') IS NOT NULL
-            FROM \(queue ? "cache_invalidation.pending p JOIN cache_invalidation.events e ON e.id = p.id"
-                         : "cache_invalidation.events e WHERE e.processed_at IS NULL")
+            FROM \(queue ? Self.queuedEvents : "cache_invalidation.events e WHERE e.processed_at IS NULL")
             """, [knownKinds])
         return Backlog(
             pending: rows[0, 0].flatMap { Int64($0) } ?? 0,
