@@ -44,6 +44,32 @@ struct QuietNotifyTests {
         harness.stopWorker()
     }
 
+    /// A burst sends the worker polling; a steady stream slower than the exit rate that follows
+    /// it (never 50 ms without an event, so the silence rule alone would keep it polling) brings
+    /// it back to notifications, and keeps it there: the private channel is faster per event and
+    /// the bot's NOTIFY costs nothing at that rate.
+    @Test func aSlowSteadyStreamAfterABurstIsNotifiedAgain() throws {
+        let harness = try Harness()
+        harness.startWorker()
+        try harness.waitFor("listening") { $0.listening && $0.initialDrainDone && $0.redisUp }
+        let bot = BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "steady", perSecond: 100)
+        bot.start()
+        bot.waitForCommits(20)
+        try harness.cachedTradeBurst(2_000, telegramBase: 830_000, users: 100, hashPrefix: "0xsteadyburst")
+        try harness.waitFor("polling after the burst") { $0.pollingEntries >= 1 }
+        try harness.waitFor("notified again while the stream goes on", timeout: 10) { !$0.polling && $0.eventsProcessed >= 2_000 }
+        let entries = harness.worker!.statistics.snapshot.pollingEntries
+        bot.waitForCommits(100)
+        #expect(harness.worker!.statistics.snapshot.pollingEntries == entries, "no flipping back and forth at 100/s")
+        #expect(!harness.worker!.statistics.snapshot.polling)
+        bot.stop()
+        #expect(bot.failures == 0)
+        try harness.waitUntilProcessed()
+        let keys = bot.writes.filter(\.cached).map(\.key)
+        #expect(try harness.deleted(among: keys).count == keys.count)
+        harness.stopWorker()
+    }
+
     /// While polling, each poll acknowledges the previous poll's events. A graceful stop in the
     /// middle of it acknowledges the last poll's events before the worker exits: no event is left
     /// deleted but pending, to be redone (a needless second deletion) by the next worker.
