@@ -83,6 +83,19 @@ struct CheckTests {
         #expect(outcome.output.contains("apply deploy/postgres/roles.sql"), "\(outcome.output)")
     }
 
+    /// A role granted as before 0005 (roles.sql not re-applied after it) is told what it lacks:
+    /// the worker could read events but never acknowledge one.
+    @Test func aRoleWithoutTheQueueGrantsFailsAfter0005() throws {
+        let harness = try Harness()
+        let role = "ci_noqueue_\(harness.databaseName)"
+        try harness.sql("CREATE ROLE \(role) LOGIN")
+        try harness.sql("GRANT USAGE ON SCHEMA cache_invalidation TO \(role); GRANT SELECT ON cache_invalidation.events, cache_invalidation.expected_triggers TO \(role); GRANT DELETE ON cache_invalidation.events TO \(role); GRANT UPDATE (processed_at) ON cache_invalidation.events TO \(role)")
+        try harness.sql("GRANT EXECUTE ON FUNCTION cache_invalidation.listen_privately() TO \(role)")
+        let outcome = try Self.check(harness, databaseURL: harness.servers.postgresURL(database: harness.databaseName, user: role))
+        #expect(outcome.status == 1)
+        #expect(outcome.output.contains("FAIL privileges: missing SELECT, DELETE on cache_invalidation.pending and SELECT, INSERT, DELETE on cache_invalidation.acknowledged; apply deploy/postgres/roles.sql"), "\(outcome.output)")
+    }
+
     /// A DBA who disables row-level security on the private channel's table, or grants it to a
     /// reporting role, is told what that exposes and how to undo it.
     @Test func aTamperedPrivateChannelFails() throws {
