@@ -72,14 +72,13 @@ final class Worker {
         var unacknowledged: Deleted? = nil
         var lastNewEventAt: UInt64 = 0
         var nextFullScanAt: UInt64 = 0
-        /// Events the polls found in the current window (`pollingWindowNanoseconds`), and when it began.
-        var windowStart: UInt64 = 0
-        var windowEvents = 0
         /// Left because the rate fell below `pollingExitEvents`: settling then does not go back to
         /// polling for the next event that comes (a steady stream would flip the pace every window).
         var leftForRate = false
     }
     private var polling = PollingState()
+    /// Events processed in the current window (`pollingWindowNanoseconds`), and when it began:
+    /// in the notified pace, whether to start polling; in the polling pace, whether to stop.
     private var windowStart: UInt64 = 0
     private var windowEvents = 0
 
@@ -314,27 +313,17 @@ final class Worker {
 
     private func postgresFailed(_ error: PostgresError) {
         if let postgres, error.code == .connectionLost { abandonedBackendPID = postgres.backendPID }
-        eventLog = nil
-        active = false
-        // W went with the session; the last poll's unacknowledged events are redone after
-        // reconnecting (deletions are idempotent).
-        polling = PollingState()
-        privateChannel = nil
-        // The drain after reconnecting finds them in the log.
-        notifiedEvents.removeAll(keepingCapacity: false)
-        notifiedIDs.removeAll(keepingCapacity: false)
-        needsDrain = true
+        dropPostgresSession()
         statistics.update { $0.postgresErrors += 1 }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
         report(postgresPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
                server: "postgres", what: what, consequence: "events wait in the log", error: "\(error)")
     }
 
-    /// Drops the Postgres session on purpose and opens a new one at once (not a failure: no
-    /// backoff, no error count). Everything unacknowledged is redone from the log, as after a
-    /// lost connection.
-    private func reopenPostgres(reason: String) {
-        logger.notice("\(reason)")
+    /// Forgets everything that belonged to the Postgres session; the next turn of the loop
+    /// connects again. W went with the session; the last poll's unacknowledged events, and what
+    /// notifications brought, are found by the drain after reconnecting (deletions are idempotent).
+    private func dropPostgresSession() {
         eventLog = nil
         active = false
         polling = PollingState()
@@ -342,6 +331,13 @@ final class Worker {
         notifiedEvents.removeAll(keepingCapacity: false)
         notifiedIDs.removeAll(keepingCapacity: false)
         needsDrain = true
+    }
+
+    /// Drops the Postgres session on purpose and opens a new one at once (not a failure: no
+    /// backoff, no error count).
+    private func reopenPostgres(reason: String) {
+        logger.notice("\(reason)")
+        dropPostgresSession()
     }
 
     private func connectRedis() {
@@ -437,7 +433,7 @@ final class Worker {
             guard redis != nil else { needsDrain = true; return }
             // Already handled (it came in an earlier batch), or the private channel brought it:
             // nothing to fetch.
-            if !recentIDs.contains(id) && !notifiedIDs.contains(id) { namedIDs.insert(id) }
+            if !alreadyKnown(id) { namedIDs.insert(id) }
             boundNotifiedWork()
         } catch {
             statistics.update { $0.malformedNotifications += 1 }
@@ -447,6 +443,11 @@ final class Worker {
                 LogKey.senderPID: "\(notification.senderPID)",
             ])
         }
+    }
+
+    /// Processed recently, or already brought by the private channel: nothing to fetch.
+    private func alreadyKnown(_ id: Int64) -> Bool {
+        recentIDs.contains(id) || notifiedIDs.contains(id)
     }
 
     /// A flood (forged ids, or notifications faster than Redis for long): stop remembering what
@@ -471,7 +472,7 @@ final class Worker {
         do {
             let notified = try NotificationPayload.parseEvent(notification.payload)
             guard redis != nil else { needsDrain = true; return }
-            guard !recentIDs.contains(notified.id) && !notifiedIDs.contains(notified.id) else { return }
+            guard !alreadyKnown(notified.id) else { return }
             if let kind = EventKind(rawValue: notified.kind), !patternKinds.contains(kind),
                let decoded = try? EventPayload.decodeReportingOversized(notified.payload), decoded.oversized.isEmpty {
                 // The start point comes from the log with the acknowledgement.
@@ -743,7 +744,7 @@ final class Worker {
         var byKind: [EventKind: UInt64] = [:]
         var slow = 0
         if let last = fetched.events.last { highestProcessedID = max(highestProcessedID, last.id) }
-        if polling.pace == .notified { windowEvents += fetched.events.count }
+        windowEvents += fetched.events.count
         for (index, event) in fetched.events.enumerated() {
             // Overflow-safe: a start point is data from the log or a notification.
             let (startNanoseconds, overflow) = event.startMicros.multipliedReportingOverflow(by: 1000)
@@ -851,16 +852,15 @@ final class Worker {
                     polling.skippedIDs = polling.skippedIDs.filter { now &- $0.value < config.pollingFullScanNanoseconds }
                 }
                 if polling.pace == .polling {
-                    polling.windowEvents += fetched.events.count
                     // A quiet log, or a stream too slow to be worth polling for: notifications
                     // cost the bot nothing then, and deliver each event sooner than a poll (with
                     // 0004 the event itself). Without the rate test, a steady 200/s after a burst
                     // never leaves the 50 ms gap, and the worker polled on at 4x the CPU per event.
                     var slow = false
-                    if now &- polling.windowStart >= config.pollingWindowNanoseconds {
-                        slow = polling.windowEvents < config.pollingExitEvents
-                        polling.windowStart = now
-                        polling.windowEvents = 0
+                    if now &- windowStart >= config.pollingWindowNanoseconds {
+                        slow = windowEvents < config.pollingExitEvents
+                        windowStart = now
+                        windowEvents = 0
                     }
                     if slow || now &- polling.lastNewEventAt > config.pollingExitNanoseconds {
                         try eventLog.stopPolling()
@@ -913,8 +913,8 @@ final class Worker {
         polling.skippedIDs.removeAll()
         polling.lastNewEventAt = now
         polling.nextFullScanAt = now &+ config.pollingFullScanNanoseconds
-        polling.windowStart = now
-        polling.windowEvents = 0
+        windowStart = now
+        windowEvents = 0
         polling.leftForRate = false
         statistics.update { $0.pollingEntries += 1 }
         if debugEnabled { logger.debug("polling the log: writers skip their NOTIFY") }
