@@ -371,9 +371,10 @@ struct EventLog {
     /// the lag start (as `columns` computes it). Only after Redis confirmed their deletions.
     func acknowledgeNotified(_ events: [(id: Int64, kind: String, payload: String)]) throws(PostgresError) -> [Int64: Int64] {
         guard !events.isEmpty else { return [:] }
-        try markAcknowledging(events.map(\.id))
+        let ids = events.map(\.id)
+        try markAcknowledging(ids)
         let rows = try connection.execute(prepared: "ci_ack_notified", [
-            PostgresArray.integers(events.map(\.id)), PostgresArray.text(events.map(\.kind)), PostgresArray.text(events.map(\.payload))])
+            PostgresArray.integers(ids), PostgresArray.text(events.map(\.kind)), PostgresArray.text(events.map(\.payload))])
         var starts: [Int64: Int64] = [:]
         for row in rows.rows {
             if let id = row[0].flatMap({ Int64($0) }) { starts[id] = row[1].flatMap { Int64($0) } ?? 0 }

@@ -74,9 +74,13 @@ public struct HealthCheck {
         func section(_ subject: String, _ body: () throws(PostgresError) -> [Finding]) {
             do { findings += try body() } catch { findings.append(Finding(ok: false, subject: subject, detail: "\(error)")) }
         }
+        // With 0005 the worker acknowledges in the pending queue; before it, in processed_at.
+        var queue = false
+        section("schema") { () throws(PostgresError) -> [Finding] in
+            queue = try EventLog.usesPendingQueue(on: connection)
+            return []
+        }
         section("privileges") { () throws(PostgresError) -> [Finding] in
-            // With 0005 the worker acknowledges in the pending queue; before it, in processed_at.
-            let queue = try EventLog.usesPendingQueue(on: connection)
             let privileges = try query("""
                 SELECT has_schema_privilege('cache_invalidation', 'USAGE'),
                        has_table_privilege('cache_invalidation.events', 'SELECT'),
@@ -107,7 +111,7 @@ public struct HealthCheck {
         section("triggers") { () throws(PostgresError) -> [Finding] in try triggerFindings(connection) }
         section("private channel") { () throws(PostgresError) -> [Finding] in try privateChannelFindings(connection) }
         section("backlog") { () throws(PostgresError) -> [Finding] in
-            let backlog = try EventLog.backlog(on: connection, queue: try EventLog.usesPendingQueue(on: connection))
+            let backlog = try EventLog.backlog(on: connection, queue: queue)
             let age = String(format: "%.1f", backlog.oldestAgeSeconds)
             let usage = String(format: "%.4f", backlog.queueUsage * 100)
             let backlogOK = backlog.pending <= maximumBacklog && backlog.oldestAgeSeconds <= maximumOldestAgeSeconds
