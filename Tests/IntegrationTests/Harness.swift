@@ -106,17 +106,21 @@ final class Harness {
     /// SQL true for a row of cache_invalidation.events (not aliased) that is still pending: its id
     /// in the pending queue with 0005, its processed_at NULL before it.
     static func pendingCondition(on connection: PGConnection) throws -> String {
+        try hasQueue(on: connection) ? "id IN (SELECT id FROM cache_invalidation.pending)" : "processed_at IS NULL"
+    }
+
+    /// Whether 0005's pending queue is installed.
+    static func hasQueue(on connection: PGConnection) throws -> Bool {
         try connection.execute("SELECT to_regclass('cache_invalidation.pending') IS NOT NULL")[0, 0] == "t"
-            ? "id IN (SELECT id FROM cache_invalidation.pending)" : "processed_at IS NULL"
     }
     /// Runs `insert` (an INSERT INTO cache_invalidation.events, written by hand as a DBA or a
     /// newer migration might) and, with the pending queue, queues what it inserted, as emit() does;
     /// no NOTIFY.
     func logByHand(_ insert: String) throws {
-        if try pending == "processed_at IS NULL" {
-            try sql(insert)
-        } else {
+        if try Harness.hasQueue(on: db) {
             try sql("WITH e AS (\(insert) RETURNING id) INSERT INTO cache_invalidation.pending (id) SELECT id FROM e")
+        } else {
+            try sql(insert)
         }
     }
 
