@@ -27,7 +27,7 @@ let package = Package(
             pkgConfig: "hiredis",
             providers: [.apt(["libhiredis-dev"])]
         ),
-        // glibc's <malloc.h>, for one mallopt call at start-up (see Run.swift).
+        // glibc's <malloc.h>: mallopt at start-up and a periodic malloc_trim (see Run.swift).
         .systemLibrary(name: "CMalloc"),
         .target(
             name: "InvalidationCore",

@@ -1,2 +1,2 @@
-// glibc's malloc tuning (mallopt), which Swift's Glibc module does not include.
+// glibc's malloc tuning (mallopt, malloc_trim), which Swift's Glibc module does not include.
 #include <malloc.h>

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -42,6 +43,15 @@ SOAK_SECONDS = int(ENV["SOAK_SECONDS"])
 SOAK_RATE = int(ENV["SOAK_RATE"])
 SOAK_SAMPLE = int(ENV["SOAK_SAMPLE_SECONDS"])
 SKIP = {name: ENV.get("SKIP_" + name) == "1" for name in ("LAG", "BACKGROUND", "WRITE", "ROW_ONLY", "DRAIN")}
+WRITE_PARTS = ENV.get("WRITE_PARTS") == "1"
+PARTS_ROUNDS = int(ENV.get("PARTS_ROUNDS", "3"))
+PARTS_SECONDS = int(ENV.get("PARTS_SECONDS", "8"))
+PARTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "write-parts")
+# The write-path parts: (name, what it adds to the previous one, the SQL applied on top of every
+# migration, or None for the migrations as shipped).
+PARTS = [("trigger_only", "the trigger fires and does nothing", "trigger_only.sql"),
+         ("event_row", "+ the event row (jsonb payload, primary key, BRIN on created_at)", "event_row.sql"),
+         ("shipped", "+ emit(): the queue row, the G and W lock calls", None)]
 # W, "worker polling" (migrations/0003_quiet_notify.up.sql): held, writers skip their NOTIFY.
 POLLING_LOCK_KEY = 0x6361636865696E76 + 2
 MISS_SECONDS = 5.0
@@ -430,7 +440,7 @@ class Bench:
     def __init__(self):
         self.conn = connect()
         self.worker = Worker()
-        self.results = {"meta": self.meta(), "lag": {}, "write_path": {}, "write_path_row_only": {}, "drain": {}, "soak": None}
+        self.results = {"meta": self.meta(), "lag": {}, "write_path": {}, "write_path_row_only": {}, "write_path_parts": {}, "drain": {}, "soak": None}
         self.samples = {}
 
     def meta(self):
@@ -464,7 +474,7 @@ class Bench:
             "knobs": {"PROBES": PROBES, "RATE": RATE, "BACKGROUND_RATE": BG_RATE, "BACKGROUND_CLIENTS": BG_CLIENTS,
                       "CLIENTS": CLIENTS, "PGBENCH_SECONDS": PGBENCH_SECONDS, "PGBENCH_REPEATS": PGBENCH_REPEATS,
                       "DRAIN_SIZES": DRAIN_SIZES, "DRAIN_CHUNK": DRAIN_CHUNK, "SOAK_SECONDS": SOAK_SECONDS,
-                      "SOAK_RATE": SOAK_RATE, "SKIP": [k for k, v in SKIP.items() if v],
+                      "SOAK_RATE": SOAK_RATE, "WRITE_PARTS": WRITE_PARTS, "PARTS_ROUNDS": PARTS_ROUNDS, "PARTS_SECONDS": PARTS_SECONDS, "SKIP": [k for k, v in SKIP.items() if v],
                       "PG_SETTINGS": ENV.get("PG_SETTINGS", "")},
         }
 
@@ -593,6 +603,65 @@ class Bench:
         # The rows written meanwhile are a backlog: drained before the next phase measures anything.
         self.ensure_worker("write-path-row-only-drain")
 
+    # ------------------------------------------------------------ write-path parts
+    def write_path_parts(self):
+        """Where the bot's cost comes from (WRITE_PARTS=1): the shipped trigger taken apart, each
+        part in a database of its own (0001 + every migration + the part's SQL), no worker, W
+        held so no writer notifies. Each part's run sits between two runs on 0001 only, and is
+        compared with their mean: on a shared machine whose speed drifts by +-20 % within
+        minutes, only neighbours in time compare. The median of PARTS_ROUNDS such ratios."""
+        self.stop_worker()
+        admin_url = DB.rsplit("/", 1)[0] + "/postgres"
+        admin = connect(admin_url)
+        migrations = sorted(f for f in os.listdir(os.path.join(ROOT, "migrations")) if f.endswith(".up.sql"))
+        holds = []
+        urls = {}
+        try:
+            for name, _, sql in PARTS:
+                db = f"parts_{name}"
+                admin.execute(f"DROP DATABASE IF EXISTS {db}")
+                admin.execute(f"CREATE DATABASE {db}")
+                urls[name] = DB.rsplit("/", 1)[0] + "/" + db
+                files = [os.path.join(ROOT, "migrations", f) for f in migrations]
+                if sql:
+                    files.append(os.path.join(PARTS_DIR, sql))
+                for path in files:
+                    # Each file is its own transaction (BEGIN ... COMMIT inside), as migrate runs it.
+                    subprocess.run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", path, urls[name]],
+                                   check=True, stdout=subprocess.DEVNULL, env=dict(ENV, PGOPTIONS="-c client_min_messages=warning"))
+                hold = connect(urls[name])
+                hold.execute("SELECT pg_advisory_lock(%s)", (POLLING_LOCK_KEY,))
+                holds.append(hold)
+
+            def tps(url, label):
+                admin.execute("CHECKPOINT")
+                proc, log = pgbench(url, clients, PARTS_SECONDS, label=label)
+                return pgbench_result(proc, log, PARTS_SECONDS + 60)["tps"]
+
+            for clients in CLIENTS:
+                runs = {name: [] for name, _, _ in PARTS}
+                n = 0
+                previous = tps(BASE_DB, f"pgbench-parts-{clients}c-{n}-base")
+                for r in range(PARTS_ROUNDS):
+                    order = PARTS if r % 2 == 0 else PARTS[::-1]
+                    for name, _, _ in order:
+                        n += 1
+                        t = tps(urls[name], f"pgbench-parts-{clients}c-{n}-{name}")
+                        following = tps(BASE_DB, f"pgbench-parts-{clients}c-{n}-base")
+                        runs[name].append({"tps": round(t, 1), "base_tps_around": [round(previous, 1), round(following, 1)],
+                                           "ratio": round(t / ((previous + following) / 2), 3)})
+                        say(f"write-path parts: {clients} clients, {name}: {runs[name][-1]['ratio']:.3f} of 0001 only")
+                        previous = following
+                self.results["write_path_parts"][str(clients)] = {
+                    name: {"adds": adds, "median_ratio": statistics.median(x["ratio"] for x in runs[name]), "runs": runs[name]}
+                    for name, adds, _ in PARTS}
+        finally:
+            for hold in holds:
+                hold.close()
+            for name, _, _ in PARTS:
+                admin.execute(f"DROP DATABASE IF EXISTS parts_{name}")
+            admin.close()
+
     # ------------------------------------------------------------ drain
     def drain(self, size):
         self.stop_worker()
@@ -688,6 +757,7 @@ class Bench:
             while proc.poll() is None:
                 m = proc_memory_kb(self.worker.pid)
                 samples.append({"t": round(time.perf_counter() - t0, 1), "rss_kb": m["VmRSS"],
+                                "anon_kb": m.get("RssAnon"), "file_kb": m.get("RssFile"),
                                 "cpu_s": round(proc_cpu_seconds(self.worker.pid) - meter.cpu0, 2)})
                 time.sleep(SOAK_SAMPLE)
         finally:
@@ -699,16 +769,22 @@ class Bench:
         tenth = max(1, len(rss) // 10)
         early, late = sorted(rss[:tenth])[tenth // 2], sorted(rss[-tenth:])[tenth // 2]
         growth = late - early
+        # RSS is mostly the binary's own pages (RssFile, ~22-25 MB of the static binary, touched
+        # as code paths first run); the heap is RssAnon, where a per-event leak would show.
+        anon = [s["anon_kb"] for s in samples if s["anon_kb"] is not None]
+        anon_early, anon_late = (sorted(anon[:tenth])[tenth // 2], sorted(anon[-tenth:])[tenth // 2]) if len(anon) == len(rss) else (None, None)
         self.results["soak"] = {
             "seconds": SOAK_SECONDS, "rate_target": SOAK_RATE, "rate_achieved": round(b["tps"], 1),
             "rss_kb_first_tenth_median": early, "rss_kb_last_tenth_median": late, "rss_kb_max": max(rss),
             "rss_growth_kb": growth,
+            "anon_kb_first_tenth_median": anon_early, "anon_kb_last_tenth_median": anon_late,
+            "anon_kb_max": max(anon) if anon else None,
             # Flat: the last tenth within 1 MB or 5 % of the first tenth.
             "flat": growth <= max(1024, early * 0.05),
             "samples": samples, "worker": meter.finish(), "pgbench": b,
         }
         say(f"soak: RSS {early / 1024:.1f} MB -> {late / 1024:.1f} MB (max {max(rss) / 1024:.1f} MB), "
-            f"{b['tps']:.0f} trades/s")
+            f"heap (RssAnon) {anon_early} -> {anon_late} kB, {b['tps']:.0f} trades/s")
 
     # ------------------------------------------------------------ all
     def run(self):
@@ -719,6 +795,8 @@ class Bench:
                 self.write_path()
             if not SKIP["ROW_ONLY"]:
                 self.write_path_row_only()
+            if WRITE_PARTS:
+                self.write_path_parts()
             if not SKIP["DRAIN"]:
                 for size in DRAIN_SIZES:
                     self.drain(size)
@@ -800,7 +878,7 @@ def table(res):
                              f"{fmt(q['p99.9'], 2):>8} {fmt(q['max'], 2):>8}")
         lines.append("")
     wp = res["write_path"]
-    if wp or res["write_path_row_only"]:
+    if wp or res["write_path_row_only"] or res.get("write_path_parts"):
         lines.append(f"Bot write throughput (pgbench, 1 settled-trade INSERT per transaction, {PGBENCH_SECONDS} s x {PGBENCH_REPEATS} runs, worker running)")
         lines.append(f"{'clients':>7} {'0001 only':>10} {'all migrations':>15} {'ratio':>7}")
         for clients, r in wp.items():
@@ -810,6 +888,10 @@ def table(res):
         for clients, r in res["write_path_row_only"].items():
             lines.append(f"{clients:>7} {r['tps_without_invalidation']:>10.0f} {r['tps_event_row_only']:>15.0f} {r['ratio']:>7.3f}"
                          "  event row only: no worker, every NOTIFY skipped")
+        for clients, parts in res.get("write_path_parts", {}).items():
+            lines.append(f"{clients:>7} parts (no worker; median ratio of {PARTS_ROUNDS} runs, each to the 0001-only runs beside it):")
+            for name, part in parts.items():
+                lines.append(f"{'':>7} {name:<14} {part['median_ratio']:>7.3f}  {part['adds']}")
         w = wp.get("worker")
         if w:
             lines.append(f"worker over the phase: {w['events']} events, CPU {fmt(w['cpu_seconds_per_1000_events'])} s per 1000 events, "
@@ -827,7 +909,8 @@ def table(res):
     if s:
         lines.append(f"Soak: {s['seconds']} s at {s['rate_achieved']:.0f} trades/s: RSS {s['rss_kb_first_tenth_median'] / 1024:.1f} MB -> "
                      f"{s['rss_kb_last_tenth_median'] / 1024:.1f} MB, max {s['rss_kb_max'] / 1024:.1f} MB "
-                     f"({'flat' if s['flat'] else 'GROWING'}), CPU {fmt(s['worker']['cpu_seconds_per_1000_events'])} s per 1000 events")
+                     f"({'flat' if s['flat'] else 'GROWING'}); heap (RssAnon) {s.get('anon_kb_first_tenth_median')} -> "
+                     f"{s.get('anon_kb_last_tenth_median')} kB; CPU {fmt(s['worker']['cpu_seconds_per_1000_events'])} s per 1000 events")
         lines.append("")
     lines.append("Targets (from the benchmark issue; reported, never enforced)")
     for t in res["targets"]:
