@@ -613,7 +613,6 @@ class Bench:
         self.stop_worker()
         admin_url = DB.rsplit("/", 1)[0] + "/postgres"
         admin = connect(admin_url)
-        migrations = sorted(f for f in os.listdir(os.path.join(ROOT, "migrations")) if f.endswith(".up.sql"))
         holds = []
         urls = {}
         try:
@@ -622,18 +621,17 @@ class Bench:
                 admin.execute(f"DROP DATABASE IF EXISTS {db}")
                 admin.execute(f"CREATE DATABASE {db}")
                 urls[name] = DB.rsplit("/", 1)[0] + "/" + db
-                files = [os.path.join(ROOT, "migrations", f) for f in migrations]
+                with open(os.path.join(RESULTS, "migrate.log"), "a") as log:
+                    subprocess.run([WORKER, "migrate", "up", "--migrations-dir", os.path.join(ROOT, "migrations")],
+                                   env=dict(ENV, DATABASE_URL=urls[name]), check=True, stdout=log, stderr=subprocess.STDOUT)
                 if sql:
-                    files.append(os.path.join(PARTS_DIR, sql))
-                for path in files:
-                    # Each file is its own transaction (BEGIN ... COMMIT inside), as migrate runs it.
-                    subprocess.run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", path, urls[name]],
-                                   check=True, stdout=subprocess.DEVNULL, env=dict(ENV, PGOPTIONS="-c client_min_messages=warning"))
+                    subprocess.run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", os.path.join(PARTS_DIR, sql),
+                                    urls[name]], check=True, stdout=subprocess.DEVNULL)
                 hold = connect(urls[name])
                 hold.execute("SELECT pg_advisory_lock(%s)", (POLLING_LOCK_KEY,))
                 holds.append(hold)
 
-            def tps(url, label):
+            def tps(url, clients, label):
                 admin.execute("CHECKPOINT")
                 proc, log = pgbench(url, clients, PARTS_SECONDS, label=label)
                 return pgbench_result(proc, log, PARTS_SECONDS + 60)["tps"]
@@ -641,13 +639,13 @@ class Bench:
             for clients in CLIENTS:
                 runs = {name: [] for name, _, _ in PARTS}
                 n = 0
-                previous = tps(BASE_DB, f"pgbench-parts-{clients}c-{n}-base")
+                previous = tps(BASE_DB, clients, f"pgbench-parts-{clients}c-{n}-base")
                 for r in range(PARTS_ROUNDS):
                     order = PARTS if r % 2 == 0 else PARTS[::-1]
                     for name, _, _ in order:
                         n += 1
-                        t = tps(urls[name], f"pgbench-parts-{clients}c-{n}-{name}")
-                        following = tps(BASE_DB, f"pgbench-parts-{clients}c-{n}-base")
+                        t = tps(urls[name], clients, f"pgbench-parts-{clients}c-{n}-{name}")
+                        following = tps(BASE_DB, clients, f"pgbench-parts-{clients}c-{n}-base")
                         runs[name].append({"tps": round(t, 1), "base_tps_around": [round(previous, 1), round(following, 1)],
                                            "ratio": round(t / ((previous + following) / 2), 3)})
                         say(f"write-path parts: {clients} clients, {name}: {runs[name][-1]['ratio']:.3f} of 0001 only")
@@ -765,14 +763,18 @@ class Bench:
                 terminate(proc)
         b = pgbench_result(proc, log, 60)
         wait_drained(self.conn)
+        def first_and_last_tenth(values):
+            """The medians of the first and of the last tenth of the samples."""
+            tenth = max(1, len(values) // 10)
+            return sorted(values[:tenth])[tenth // 2], sorted(values[-tenth:])[tenth // 2]
+
         rss = [s["rss_kb"] for s in samples]
-        tenth = max(1, len(rss) // 10)
-        early, late = sorted(rss[:tenth])[tenth // 2], sorted(rss[-tenth:])[tenth // 2]
+        early, late = first_and_last_tenth(rss)
         growth = late - early
         # RSS is mostly the binary's own pages (RssFile, ~22-25 MB of the static binary, touched
         # as code paths first run); the heap is RssAnon, where a per-event leak would show.
         anon = [s["anon_kb"] for s in samples if s["anon_kb"] is not None]
-        anon_early, anon_late = (sorted(anon[:tenth])[tenth // 2], sorted(anon[-tenth:])[tenth // 2]) if len(anon) == len(rss) else (None, None)
+        anon_early, anon_late = first_and_last_tenth(anon) if len(anon) == len(rss) else (None, None)
         self.results["soak"] = {
             "seconds": SOAK_SECONDS, "rate_target": SOAK_RATE, "rate_achieved": round(b["tps"], 1),
             "rss_kb_first_tenth_median": early, "rss_kb_last_tenth_median": late, "rss_kb_max": max(rss),
