@@ -42,7 +42,9 @@ DRAIN_CHUNK = int(ENV["DRAIN_CHUNK"])
 SOAK_SECONDS = int(ENV["SOAK_SECONDS"])
 SOAK_RATE = int(ENV["SOAK_RATE"])
 SOAK_SAMPLE = int(ENV["SOAK_SAMPLE_SECONDS"])
-SKIP = {name: ENV.get("SKIP_" + name) == "1" for name in ("LAG", "BACKGROUND", "WRITE", "ROW_ONLY", "DRAIN")}
+SKIP = {name: ENV.get("SKIP_" + name) == "1" for name in ("LAG", "BACKGROUND", "WRITE", "ROW_ONLY", "BOT_LATENCY", "DRAIN")}
+BOT_LATENCY_SECONDS = int(ENV.get("BOT_LATENCY_SECONDS", "5"))
+BOT_LATENCY_ROUNDS = int(ENV.get("BOT_LATENCY_ROUNDS", "3"))
 WRITE_PARTS = ENV.get("WRITE_PARTS") == "1"
 PARTS_ROUNDS = int(ENV.get("PARTS_ROUNDS", "3"))
 PARTS_SECONDS = int(ENV.get("PARTS_SECONDS", "8"))
@@ -268,12 +270,15 @@ def wait_drained(conn, timeout=300):
 
 # ================================================================ pgbench
 
-def pgbench(url, clients, seconds, rate=None, label="pgbench"):
-    """Starts pgbench with the settled-trade script; returns (process, log path)."""
+def pgbench(url, clients, seconds, rate=None, label="pgbench", transaction_log=None):
+    """Starts pgbench with the settled-trade script; returns (process, log path). With
+    `transaction_log` (a path prefix), pgbench also logs every transaction there (-l)."""
     args = [os.path.join(PG_BIN, "pgbench"), "-n", "-M", "prepared", "-f", PGBENCH_SCRIPT,
             "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds)]
     if rate:
         args += ["--rate", str(rate)]
+    if transaction_log:
+        args += ["-l", "--log-prefix", transaction_log]
     args.append(url)
     log_path = os.path.join(RESULTS, f"{label}.log")
     log = open(log_path, "w")
@@ -308,6 +313,31 @@ def pgbench_result(proc, log_path, timeout):
         "latency_avg_ms": float(latency.group(1)) if latency else None,
         "log": os.path.basename(log_path),
     }
+
+
+def transaction_durations(prefix):
+    """Each transaction's own duration in seconds, from pgbench's -l logs under `prefix` (one file
+    per thread: prefix.PID[.N]). A line is `client txn time_us script epoch epoch_us lag_us`
+    with --rate; `time` counts from the scheduled start, so the time the transaction itself took
+    is time - lag: what the bot waits for its INSERT and COMMIT, without pgbench's own queueing.
+    The logs are removed once read (a 10 s run at 2,000/s is 20,000 lines)."""
+    directory, base = os.path.split(prefix)
+    durations = []
+    for name in sorted(os.listdir(directory)):
+        if not name.startswith(base + "."):
+            continue
+        path = os.path.join(directory, name)
+        with open(path) as f:
+            for line in f:
+                fields = line.split()
+                # Skipped transactions (--latency-limit) log "skipped"; none are asked for here.
+                if len(fields) < 7 or not fields[2].isdigit():
+                    raise RuntimeError(f"unexpected line in pgbench's transaction log {path}: {line.strip()!r}")
+                durations.append((int(fields[2]) - int(fields[6])) / 1e6)
+        os.remove(path)
+    if not durations:
+        raise RuntimeError(f"pgbench wrote no transaction log under {prefix}")
+    return durations
 
 
 # ================================================================ the lag probe
@@ -440,7 +470,7 @@ class Bench:
     def __init__(self):
         self.conn = connect()
         self.worker = Worker()
-        self.results = {"meta": self.meta(), "lag": {}, "write_path": {}, "write_path_row_only": {}, "write_path_parts": {}, "drain": {}, "soak": None}
+        self.results = {"meta": self.meta(), "lag": {}, "write_path": {}, "write_path_row_only": {}, "write_path_parts": {}, "bot_latency": {}, "drain": {}, "soak": None}
         self.samples = {}
 
     def meta(self):
@@ -474,7 +504,9 @@ class Bench:
             "knobs": {"PROBES": PROBES, "RATE": RATE, "BACKGROUND_RATE": BG_RATE, "BACKGROUND_CLIENTS": BG_CLIENTS,
                       "CLIENTS": CLIENTS, "PGBENCH_SECONDS": PGBENCH_SECONDS, "PGBENCH_REPEATS": PGBENCH_REPEATS,
                       "DRAIN_SIZES": DRAIN_SIZES, "DRAIN_CHUNK": DRAIN_CHUNK, "SOAK_SECONDS": SOAK_SECONDS,
-                      "SOAK_RATE": SOAK_RATE, "WRITE_PARTS": WRITE_PARTS, "PARTS_ROUNDS": PARTS_ROUNDS, "PARTS_SECONDS": PARTS_SECONDS, "SKIP": [k for k, v in SKIP.items() if v],
+                      "SOAK_RATE": SOAK_RATE, "WRITE_PARTS": WRITE_PARTS, "PARTS_ROUNDS": PARTS_ROUNDS, "PARTS_SECONDS": PARTS_SECONDS,
+                      "BOT_LATENCY_SECONDS": BOT_LATENCY_SECONDS,
+                      "BOT_LATENCY_ROUNDS": BOT_LATENCY_ROUNDS, "SKIP": [k for k, v in SKIP.items() if v],
                       "PG_SETTINGS": ENV.get("PG_SETTINGS", "")},
         }
 
@@ -602,6 +634,54 @@ class Bench:
             base_conn.close()
         # The rows written meanwhile are a backlog: drained before the next phase measures anything.
         self.ensure_worker("write-path-row-only-drain")
+
+    # ------------------------------------------------------------ the bot's latency
+    def bot_latency(self):
+        """What the bot feels at the rates it runs at, not at saturation: how long each of its
+        transactions (INSERT + COMMIT) takes at RATE and at BACKGROUND_RATE trades/s, on 0001
+        only; with every migration, no worker and W held (the trigger and its rows: what any
+        design with an event log costs); and with every migration and the worker running (at RATE
+        it is notified, so every commit NOTIFYs and wakes it; at BACKGROUND_RATE it polls, and
+        none does). BOT_LATENCY_ROUNDS rounds, the order reversed every other round; each
+        variant's percentiles are over all its transactions."""
+        variants = [("without_invalidation", BASE_DB), ("event_row_only", DB), ("with_invalidation", DB)]
+        n = 0
+        for rate in sorted({RATE, BG_RATE} - {0}):
+            durations = {name: [] for name, _ in variants}
+            for r in range(BOT_LATENCY_ROUNDS):
+                for name, url in (variants if r % 2 == 0 else variants[::-1]):
+                    n += 1
+                    label = f"bot-latency-{rate}-{n}-{name.replace('_', '-')}"
+                    hold = None
+                    if name == "with_invalidation":
+                        self.ensure_worker(label)
+                    else:
+                        self.stop_worker()
+                    if name == "event_row_only":
+                        hold = connect()
+                        hold.execute("SELECT pg_advisory_lock(%s)", (POLLING_LOCK_KEY,))
+                    try:
+                        self.conn.execute("CHECKPOINT")
+                        say(f"bot latency: {rate} trades/s, {name.replace('_', ' ')}, {BOT_LATENCY_SECONDS} s")
+                        proc, log = pgbench(url, BG_CLIENTS, BOT_LATENCY_SECONDS, rate=rate, label=f"pgbench-{label}",
+                                            transaction_log=os.path.join(TMP, label))
+                        pgbench_result(proc, log, BOT_LATENCY_SECONDS + 60)
+                        durations[name] += transaction_durations(os.path.join(TMP, label))
+                    finally:
+                        if hold is not None:
+                            hold.close()
+            result = {"rate": rate, "clients": BG_CLIENTS, "transactions": {k: len(v) for k, v in durations.items()}}
+            base = percentiles(durations["without_invalidation"])
+            for name, _ in variants:
+                q = percentiles(durations[name])
+                result[name + "_ms"] = q
+                if name != "without_invalidation":
+                    result[name + "_added_ms"] = {k: round(q[k] - base[k], 4) for k in q}
+            self.results["bot_latency"][str(rate)] = result
+            say(f"bot latency: {rate} trades/s: p50 {base['p50']} ms; event row only {result['event_row_only_ms']['p50']} ms; "
+                f"with the worker {result['with_invalidation_ms']['p50']} ms")
+        # What the runs without a worker left pending: drained before the next phase.
+        self.ensure_worker("bot-latency-drain")
 
     # ------------------------------------------------------------ write-path parts
     def write_path_parts(self):
@@ -797,6 +877,8 @@ class Bench:
                 self.write_path()
             if not SKIP["ROW_ONLY"]:
                 self.write_path_row_only()
+            if not SKIP["BOT_LATENCY"]:
+                self.bot_latency()
             if WRITE_PARTS:
                 self.write_path_parts()
             if not SKIP["DRAIN"]:
@@ -898,6 +980,19 @@ def table(res):
         if w:
             lines.append(f"worker over the phase: {w['events']} events, CPU {fmt(w['cpu_seconds_per_1000_events'])} s per 1000 events, "
                          f"peak RSS {w['peak_rss_kb'] / 1024:.1f} MB")
+        lines.append("")
+    bl = res.get("bot_latency") or {}
+    if bl:
+        lines.append(f"The bot's transaction (INSERT + COMMIT) at a steady rate, {BG_CLIENTS} clients (ms; {BOT_LATENCY_ROUNDS} x {BOT_LATENCY_SECONDS} s per variant)")
+        lines.append(f"{'trades/s':>8}  {'':<34} {'p50':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} {'max':>8}")
+        rows = (("0001 only", "without_invalidation_ms"),
+                ("event row only (no worker, W held)", "event_row_only_ms"), ("  added", "event_row_only_added_ms"),
+                ("all migrations, worker running", "with_invalidation_ms"), ("  added", "with_invalidation_added_ms"))
+        for rate, r in bl.items():
+            for label, key in rows:
+                q = r[key]
+                lines.append(f"{rate if key.startswith('without') else '':>8}  {label:<34} {fmt(q['p50']):>8} {fmt(q['p90']):>8} "
+                             f"{fmt(q['p99']):>8} {fmt(q['p99.9']):>8} {fmt(q['max']):>8}")
         lines.append("")
     if res["drain"]:
         lines.append("Backlog drain (written with the worker stopped, then the worker started)")
