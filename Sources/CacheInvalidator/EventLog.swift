@@ -181,6 +181,19 @@ struct EventLog {
     /// writers skip their NOTIFY meanwhile.
     public static let pollingLockKey: Int64 = leaderLockKey + 2
 
+    /// The highest migration applied (public.cache_invalidator_schema_migrations), or nil when
+    /// that table is missing or this role may not read it (the worker needs no grant on it).
+    static func schemaVersion(on connection: PGConnection) throws(PostgresError) -> Int64? {
+        // Two statements: a query naming a table that does not exist fails at parse time.
+        let readable = try connection.execute("""
+            SELECT to_regclass('public.cache_invalidator_schema_migrations') IS NOT NULL
+                   AND has_table_privilege('public.cache_invalidator_schema_migrations', 'SELECT')
+            """)
+        guard readable[0, 0] == "t" else { return nil }
+        let version = try connection.execute("SELECT coalesce(max(version), 0) FROM public.cache_invalidator_schema_migrations")
+        return Int64(version[0, 0] ?? "")
+    }
+
     /// Whether emit() skips its NOTIFY while W is held (migration 0003 applied).
     func hasQuietNotify() throws(PostgresError) -> Bool {
         try connection.execute("""

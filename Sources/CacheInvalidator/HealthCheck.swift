@@ -46,25 +46,20 @@ public struct HealthCheck {
         do {
             let version = try query("SELECT current_setting('server_version'), current_user")
             findings.append(Finding(ok: true, subject: "postgres", detail: "connected to \(connection.target) as \(version[0, 1] ?? "?") (PostgreSQL \(version[0, 0] ?? "?"))"))
-            let schema = try query("""
-                SELECT to_regclass('cache_invalidation.events') IS NOT NULL,
-                       to_regclass('public.cache_invalidator_schema_migrations') IS NOT NULL
-                       AND has_table_privilege('public.cache_invalidator_schema_migrations', 'SELECT')
-                """)
+            let schema = try query("SELECT to_regclass('cache_invalidation.events') IS NOT NULL")
             guard schema[0, 0] == "t" else {
                 findings.append(Finding(ok: false, subject: "migrations", detail: "cache_invalidation.events does not exist (or this role cannot see it); apply the migrations: cache-invalidator migrate"))
                 return findings
             }
-            if schema[0, 1] == "t" {
-                let applied = try query("SELECT coalesce(max(version), 0) FROM public.cache_invalidator_schema_migrations")
-                let version = Int64(applied[0, 0] ?? "0") ?? 0
-                findings.append(Finding(
-                    ok: version >= Self.requiredSchemaVersion, subject: "migrations",
-                    detail: version >= Self.requiredSchemaVersion
-                        ? "schema version \(version)" + (version < Self.latestSchemaVersion ? " (works; apply the pending migrations: 0003 quiet_notify spares the bot's writes their NOTIFY while the worker is busy, 0004 private_channel saves a round trip of lag per event, 0005 pending_queue makes acknowledging an event a delete from a narrow queue instead of an update of the log)" : "")
-                        : "schema version \(version), this worker needs \(Self.requiredSchemaVersion); apply the migrations"))
-            } else {
+            switch try EventLog.schemaVersion(on: connection) {
+            case nil:
                 findings.append(Finding(ok: true, subject: "migrations", detail: "event log present (version table not readable by this role)"))
+            case let version? where version > Self.latestSchemaVersion:
+                findings.append(Finding(ok: false, subject: "migrations", detail: "schema version \(version) is newer than this release knows (up to \(Self.latestSchemaVersion)); upgrade cache-invalidator to the release that ships migration \(version) (the worker keeps working meanwhile, but may not follow what that migration changed)"))
+            case let version? where version < Self.requiredSchemaVersion:
+                findings.append(Finding(ok: false, subject: "migrations", detail: "schema version \(version), this worker needs \(Self.requiredSchemaVersion); apply the migrations"))
+            case let version?:
+                findings.append(Finding(ok: true, subject: "migrations", detail: "schema version \(version)" + (version < Self.latestSchemaVersion ? " (works; apply the pending migrations: 0003 quiet_notify spares the bot's writes their NOTIFY while the worker is busy, 0004 private_channel saves a round trip of lag per event, 0005 pending_queue makes acknowledging an event a delete from a narrow queue instead of an update of the log)" : "")))
             }
         } catch {
             findings.append(Finding(ok: false, subject: "postgres", detail: "\(error)"))

@@ -51,6 +51,19 @@ public struct Migrator {
         return Set(rows.rows.compactMap { $0[0].flatMap { Int64($0) } })
     }
 
+    /// Applied migrations this directory does not have: a newer release's, applied by a DBA
+    /// with that release's files. Lowest version first.
+    public func unknownApplied() throws -> [(version: Int64, name: String)] {
+        let exists = try connection.execute("SELECT to_regclass($1) IS NOT NULL", [Self.trackingTable])
+        guard exists[0, 0] == "t" else { return [] }
+        let known = Set(migrations.map(\.version))
+        let rows = try connection.execute("SELECT version, name FROM \(Self.trackingTable) ORDER BY version")
+        return rows.rows.compactMap { row in
+            guard let version = row[0].flatMap({ Int64($0) }), !known.contains(version) else { return nil }
+            return (version, row[1] ?? "")
+        }
+    }
+
     /// Applies every migration not yet applied, in order, up to `target` if given.
     /// Returns the versions applied.
     @discardableResult
@@ -77,6 +90,12 @@ public struct Migrator {
     public func down(steps: Int?) throws -> [Int64] {
         try withLock {
             let applied = try appliedVersions()
+            // Rolling back under a newer migration would pull out what it was built on, and this
+            // directory has no down file for it.
+            if let newest = migrations.last(where: { applied.contains($0.version) }),
+               let unknown = try unknownApplied().last, unknown.version > newest.version {
+                throw Failure(message: "migration \(String(format: "%04lld", unknown.version)) \(unknown.name) is applied, and \(directory) does not have it (a newer release's); roll it back first with the release that ships it (its migrate down, or psql -f its .down.sql), then run this again. Nothing was rolled back")
+            }
             var done: [Int64] = []
             for migration in migrations.reversed() where applied.contains(migration.version) {
                 if let steps, done.count >= steps { break }

@@ -110,6 +110,8 @@ final class Worker {
     /// Trigger check and pruning: right after connecting, then every maintenance interval.
     private var nextMaintenanceAt: UInt64 = 0
     private var triggerCheckDenied = false
+    /// The newer-than-known schema version last reported, so each is logged once, not every check.
+    private var reportedNewerSchema: Int64?
     private var pruneDenied = false
     /// Per-event slow warnings per summary interval; the rest are counted in the summary line.
     static let slowWarningsPerInterval = 20
@@ -922,12 +924,28 @@ final class Worker {
 
     // MARK: Maintenance
 
+    /// A migration newer than this release means a DBA upgraded the schema before the worker. The
+    /// worker goes on: stopping would stop every invalidation, while what it does know still works
+    /// (events of kinds it does not know stay pending for a newer worker). But it may not follow
+    /// what the newer migration changed (0005 moved the pending events to a queue: a worker older
+    /// than it would have taken every event since for unprocessed), so it says so, once per
+    /// version, and `schema_version` above `schema_version_supported` shows it in the metrics.
+    private func checkSchemaVersion(_ postgres: PGConnection) throws(PostgresError) {
+        let version = try EventLog.schemaVersion(on: postgres)
+        statistics.update { $0.schemaVersion = version ?? -1 }
+        guard let version, version > HealthCheck.latestSchemaVersion, reportedNewerSchema != version else { return }
+        reportedNewerSchema = version
+        logger.error("the database's schema is newer than this worker knows; upgrade cache-invalidator to the release that ships that migration. Working on meanwhile: events of kinds it does not know stay pending, but it may not follow what the migration changed", metadata: [
+            LogKey.version: "\(version)", "supported_version": "\(HealthCheck.latestSchemaVersion)"])
+    }
+
     /// Verifies the triggers (a DBA who recreates or alters a table can silently drop them, and
     /// then that table's writes invalidate nothing) and prunes processed events past retention.
     private func maintain() {
         nextMaintenanceAt = monotonicNanoseconds() + config.maintenanceIntervalNanoseconds
         guard let postgres, let eventLog else { return }
         do {
+            try checkSchemaVersion(postgres)
             let (problems, _) = try EventLog.triggerProblems(on: postgres)
             statistics.update { $0.missingTriggers = problems.count }
             for problem in problems {

@@ -67,6 +67,8 @@ public final class WorkerMetrics: Sendable {
             gauge("event_log_bytes", "Size of cache_invalidation.events with its indexes (updated every --summary-interval)") { Double($0.logBytes) },
             gauge("notification_queue_usage_ratio", "pg_notification_queue_usage(), 0 to 1; when full, notifying commits fail") { $0.queueUsage },
             gauge("missing_triggers", "Expected triggers missing or disabled at the last check (-1: not checked, e.g. on a standby)") { Double($0.missingTriggers) },
+            gauge("schema_version", "Highest migration applied to the database at the last check (-1: not checked, or the version table is not readable by the worker's role)") { Double($0.schemaVersion) },
+            gauge("schema_version_supported", "Highest migration this worker release knows; a schema_version above it means the worker needs upgrading") { _ in Double(HealthCheck.latestSchemaVersion) },
             gauge("postgres_up", "1 while the worker's Postgres connection works") { flag($0.postgresUp) },
             gauge("redis_up", "1 while the worker's Redis connection works") { flag($0.redisUp) },
             gauge("listening", "1 while LISTEN is active (the active worker only)") { flag($0.listening) },

@@ -26,6 +26,9 @@ public final class WorkerStatistics: Sendable {
         public var slowEvents: UInt64 = 0
         /// Expected triggers missing or disabled at the last check (-1: not checked yet).
         public var missingTriggers: Int = -1
+        /// The highest migration applied, at the last check (-1: not checked yet, or the version
+        /// table is not readable by the worker's role).
+        public var schemaVersion: Int64 = -1
         public var eventsPruned: UInt64 = 0
         /// Set once the start-up drain finished: everything committed before start is handled.
         public var initialDrainDone = false

@@ -101,6 +101,9 @@ struct Migrate: ParsableCommand {
                 for migration in migrator.available {
                     print("\(String(format: "%04lld", migration.version)) \(migration.name) \(applied.contains(migration.version) ? "applied" : "pending")")
                 }
+                for unknown in try migrator.unknownApplied() {
+                    print("\(String(format: "%04lld", unknown.version)) \(unknown.name) applied, not in this release's migrations (upgrade cache-invalidator: this worker may not follow what it changed)")
+                }
             } catch {
                 fail(error)
             }

@@ -33,6 +33,9 @@ struct BenchKnobTests {
         ["CLIENTS": " "],
         ["DRAIN_SIZES": "1,000,000"],
         ["SKIP_LAG": "yes"],
+        ["SKIP_BOT_LATENCY": "true"],
+        ["BOT_LATENCY_SECONDS": "5s"],
+        ["BOT_LATENCY_ROUNDS": "0"],
     ])
     func badKnobsAreRefusedByName(_ environment: [String: String]) throws {
         let (status, output) = try Self.run(environment)
