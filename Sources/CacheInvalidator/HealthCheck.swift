@@ -57,7 +57,7 @@ public struct HealthCheck {
             case let version? where version > Self.latestSchemaVersion:
                 findings.append(Finding(ok: false, subject: "migrations", detail: "schema version \(version) is newer than this release knows (up to \(Self.latestSchemaVersion)); upgrade cache-invalidator to the release that ships migration \(version) (the worker keeps working meanwhile, but may not follow what that migration changed)"))
             case let version? where version < Self.requiredSchemaVersion:
-                findings.append(Finding(ok: false, subject: "migrations", detail: "schema version \(version), this worker needs \(Self.requiredSchemaVersion); apply the migrations"))
+                findings.append(Finding(ok: false, subject: "migrations", detail: "schema version \(version), this worker needs \(Self.requiredSchemaVersion); apply the migrations: cache-invalidator migrate up"))
             case let version?:
                 findings.append(Finding(ok: true, subject: "migrations", detail: "schema version \(version)" + (version < Self.latestSchemaVersion ? " (works; apply the pending migrations: 0003 quiet_notify spares the bot's writes their NOTIFY while the worker is busy, 0004 private_channel saves a round trip of lag per event, 0005 pending_queue makes acknowledging an event a delete from a narrow queue instead of an update of the log)" : "")))
             }

@@ -946,6 +946,12 @@ final class Worker {
         guard let postgres, let eventLog else { return }
         do {
             try checkSchemaVersion(postgres)
+        } catch {
+            // Its own catch: a failure here must not be reported as the trigger check's.
+            postgresFailed(error)
+            return
+        }
+        do {
             let (problems, _) = try EventLog.triggerProblems(on: postgres)
             statistics.update { $0.missingTriggers = problems.count }
             for problem in problems {

@@ -26,6 +26,12 @@ struct SchemaVersionTests {
         let reports = harness.logs.captured.filter { $0.contains("schema is newer than this worker knows") }
         #expect(reports.count == 1, "\(reports)")
         #expect(reports.first?.contains("level=error") == true && reports.first?.contains("version=\(Self.newer)") == true, "\(reports)")
+        // The check repeats: a still newer migration is reported too, once.
+        try harness.sql("INSERT INTO cache_invalidator_schema_migrations (version, name) VALUES ($1, 'newer_still')", [String(Self.newer + 1)])
+        try harness.waitFor("the newer version read") { $0.schemaVersion == Self.newer + 1 }
+        usleep(300_000)
+        let all = harness.logs.captured.filter { $0.contains("schema is newer than this worker knows") }
+        #expect(all.count == 2 && all.last?.contains("version=\(Self.newer + 1)") == true, "\(all)")
         harness.stopWorker()
     }
 

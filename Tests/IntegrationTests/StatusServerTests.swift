@@ -74,7 +74,7 @@ struct StatusServerTests {
         try harness.waitUntilProcessed()
         // Connected too: on a loaded machine (the whole suite in parallel on two cores) a starved
         // worker thread can miss a heartbeat deadline and be reconnecting at the moment of the scrape.
-        func ready(_ s: WorkerStatistics.Snapshot) -> Bool { s.redisInfo != nil && s.eventsProcessed >= 6 && s.active && s.postgresUp && s.redisUp }
+        func ready(_ s: WorkerStatistics.Snapshot) -> Bool { s.redisInfo != nil && s.eventsProcessed >= 6 && s.active && s.listening && s.postgresUp && s.redisUp }
         let deadline = Date().addingTimeInterval(20)
         while !ready(statistics.snapshot) && Date() < deadline { usleep(10_000) }
         #expect(ready(statistics.snapshot), "worker log tail:\n\(harness.logs.captured.suffix(20).joined(separator: "\n"))")
