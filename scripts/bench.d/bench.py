@@ -289,6 +289,22 @@ def pgbench(url, clients, seconds, rate=None, label="pgbench", transaction_log=N
     return proc, log_path
 
 
+def checkpointed_pgbench(conn, url, clients, seconds, label, rate=None, transaction_log=None):
+    """A CHECKPOINT (on `conn`'s server) so no run starts under another's dirty pages, then one
+    pgbench run to its end; returns its result."""
+    conn.execute("CHECKPOINT")
+    proc, log = pgbench(url, clients, seconds, rate=rate, label=label, transaction_log=transaction_log)
+    return pgbench_result(proc, log, seconds + 60)
+
+
+def hold_polling_lock(url=DB):
+    """A session holding W on `url`'s database: every writer skips its NOTIFY while it lives, and
+    nothing polls or acknowledges. Close it to let go."""
+    hold = connect(url)
+    hold.execute("SELECT pg_advisory_lock(%s)", (POLLING_LOCK_KEY,))
+    return hold
+
+
 def pgbench_result(proc, log_path, timeout):
     try:
         rc = proc.wait(timeout)
@@ -587,10 +603,9 @@ class Bench:
                 pair = [("without_invalidation", BASE_DB, base_conn), (variant, DB, self.conn)]
                 order += pair if r % 2 == 0 else pair[::-1]
             for i, (name, url, conn) in enumerate(order):
-                conn.execute("CHECKPOINT")
                 say(f"{label}: {clients} clients, {name.replace('_', ' ')}, {PGBENCH_SECONDS} s")
-                proc, log = pgbench(url, clients, PGBENCH_SECONDS, label=f"pgbench-{phase.replace('_', '-')}-{clients}c-{i + 1}-{name}")
-                runs[name].append(pgbench_result(proc, log, PGBENCH_SECONDS + 60))
+                runs[name].append(checkpointed_pgbench(conn, url, clients, PGBENCH_SECONDS,
+                                                       f"pgbench-{phase.replace('_', '-')}-{clients}c-{i + 1}-{name}"))
                 runs[name][-1]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
                 say(f"{label}: {clients} clients, {name.replace('_', ' ')}: {runs[name][-1]['tps']:.0f} tps")
                 if name == variant and after_run:
@@ -625,8 +640,7 @@ class Bench:
         costs the bot on the same machine."""
         self.stop_worker()
         base_conn = connect(BASE_DB)
-        hold = connect()
-        hold.execute("SELECT pg_advisory_lock(%s)", (POLLING_LOCK_KEY,))
+        hold = hold_polling_lock()
         try:
             self.compare_with_base("write_path_row_only", "event_row_only", base_conn)
         finally:
@@ -652,20 +666,15 @@ class Bench:
                 for name, url in (variants if r % 2 == 0 else variants[::-1]):
                     n += 1
                     label = f"bot-latency-{rate}-{n}-{name.replace('_', '-')}"
-                    hold = None
                     if name == "with_invalidation":
                         self.ensure_worker(label)
                     else:
                         self.stop_worker()
-                    if name == "event_row_only":
-                        hold = connect()
-                        hold.execute("SELECT pg_advisory_lock(%s)", (POLLING_LOCK_KEY,))
+                    hold = hold_polling_lock() if name == "event_row_only" else None
                     try:
-                        self.conn.execute("CHECKPOINT")
                         say(f"bot latency: {rate} trades/s, {name.replace('_', ' ')}, {BOT_LATENCY_SECONDS} s")
-                        proc, log = pgbench(url, BG_CLIENTS, BOT_LATENCY_SECONDS, rate=rate, label=f"pgbench-{label}",
-                                            transaction_log=os.path.join(TMP, label))
-                        pgbench_result(proc, log, BOT_LATENCY_SECONDS + 60)
+                        checkpointed_pgbench(self.conn, url, BG_CLIENTS, BOT_LATENCY_SECONDS, f"pgbench-{label}", rate=rate,
+                                             transaction_log=os.path.join(TMP, label))
                         durations[name] += transaction_durations(os.path.join(TMP, label))
                     finally:
                         if hold is not None:
@@ -707,14 +716,10 @@ class Bench:
                 if sql:
                     subprocess.run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", os.path.join(PARTS_DIR, sql),
                                     urls[name]], check=True, stdout=subprocess.DEVNULL)
-                hold = connect(urls[name])
-                hold.execute("SELECT pg_advisory_lock(%s)", (POLLING_LOCK_KEY,))
-                holds.append(hold)
+                holds.append(hold_polling_lock(urls[name]))
 
             def tps(url, clients, label):
-                admin.execute("CHECKPOINT")
-                proc, log = pgbench(url, clients, PARTS_SECONDS, label=label)
-                return pgbench_result(proc, log, PARTS_SECONDS + 60)["tps"]
+                return checkpointed_pgbench(admin, url, clients, PARTS_SECONDS, label)["tps"]
 
             for clients in CLIENTS:
                 runs = {name: [] for name, _, _ in PARTS}
