@@ -68,6 +68,15 @@ struct MigrationTests {
         #expect(try migrator.up() == [latest])
     }
 
+    /// The release's idea of its newest migration (what the worker, `check` and the
+    /// `schema_version_supported` gauge compare the database with) is the newest file it ships:
+    /// a migration added without raising it would be reported as newer than the worker.
+    @Test func theReleaseKnowsItsNewestMigration() throws {
+        let harness = try Harness(migrate: false)
+        let migrator = try Migrator(connection: harness.db, directory: Harness.migrationsDirectory, logger: harness.quietLogger())
+        #expect(HealthCheck.latestSchemaVersion == migrator.available.map(\.version).max())
+    }
+
     /// The bot created its tables long ago, with columns of its own and an enum for status.
     @Test func attachesToTablesTheBotAlreadyHas() throws {
         let harness = try Harness(migrate: false)
