@@ -7,7 +7,7 @@ BEGIN;
 -- the wake-up, not to the event row. While the worker is busy it reads the log
 -- itself in a loop and needs no wake-up, so emit() skips the NOTIFY then.
 --
--- Two advisory locks make that safe (key values in README, "Write path"):
+-- Two advisory locks make that safe (key values in docs/design.md, "Quiet NOTIFY"):
 --   W, "worker polling": the active worker holds it exclusively (session
 --     level) while it polls. A writer that can take it shared (and lets go
 --     at once) finds the worker waiting, so it NOTIFYs; one that cannot skips

@@ -19,7 +19,11 @@ BEGIN
         -- Waits for every transaction that has written an event (or acknowledged one) and not
         -- ended, and holds off new ones until this commits.
         LOCK TABLE cache_invalidation.events IN SHARE ROW EXCLUSIVE MODE;
-        LOCK TABLE cache_invalidation.pending IN EXCLUSIVE MODE;
+        -- ACCESS EXCLUSIVE at once, not EXCLUSIVE and later the DROP's ACCESS EXCLUSIVE: a
+        -- running worker's statement reads the queue (ACCESS SHARE, which EXCLUSIVE lets through)
+        -- and then deletes from it; the upgrade from EXCLUSIVE would wait for that statement
+        -- while it waits for this transaction, and the migration failed with a deadlock.
+        LOCK TABLE cache_invalidation.pending IN ACCESS EXCLUSIVE MODE;
         UPDATE cache_invalidation.events e SET processed_at = clock_timestamp()
          WHERE e.processed_at IS NULL
            AND NOT EXISTS (SELECT 1 FROM cache_invalidation.pending p WHERE p.id = e.id);

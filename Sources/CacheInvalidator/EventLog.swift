@@ -322,7 +322,8 @@ struct EventLog {
     /// batch in Redis, and `PendingRows.wait()` hands them over undecoded (`decode` them; the
     /// last row has the highest id, which is where the next batch starts). Nothing else may use
     /// the connection before that.
-    func fetchPending(after: Int64, limit: Int, acknowledging: [Int64]) throws(PostgresError) -> PendingRows {
+    func fetchPending(after: Int64, limit: Int, acknowledging batches: [ConfirmedBatch]) throws(PostgresError) -> PendingRows {
+        let acknowledging = batches.flatMap(\.ids)
         try markAcknowledging(acknowledging)
         try connection.send(prepared: "ci_fetch_pending", [String(limit), knownKinds, String(after), PostgresArray.integers(acknowledging)])
         return connection.receiveConcurrently()
@@ -330,7 +331,8 @@ struct EventLog {
 
     /// One poll: pending events above `after`, and those among `skipped` that are pending now;
     /// acknowledges `acknowledging` (the previous poll's events) in the same statement.
-    func poll(after: Int64, skipped: [Int64], limit: Int, acknowledging: [Int64]) throws(PostgresError) -> Fetched {
+    func poll(after: Int64, skipped: [Int64], limit: Int, acknowledging batch: ConfirmedBatch?) throws(PostgresError) -> Fetched {
+        let acknowledging = batch?.ids ?? []
         try markAcknowledging(acknowledging)
         return Self.decode(try connection.execute(prepared: "ci_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped), PostgresArray.integers(acknowledging)]))
     }
@@ -374,20 +376,23 @@ struct EventLog {
     }
 
     /// Marks events processed. Only called after Redis confirmed every deletion they asked for.
-    func acknowledge(_ ids: [Int64]) throws(PostgresError) {
+    func acknowledge(_ batches: [ConfirmedBatch]) throws(PostgresError) {
+        let ids = batches.flatMap(\.ids)
         guard !ids.isEmpty else { return }
         try markAcknowledging(ids)
         try connection.execute(prepared: "ci_ack", [PostgresArray.integers(ids)])
     }
 
-    /// Acknowledges the notified events the log holds exactly as notified; returns their ids with
-    /// the lag start (as `columns` computes it). Only after Redis confirmed their deletions.
-    func acknowledgeNotified(_ events: [(id: Int64, kind: String, payload: String)]) throws(PostgresError) -> [Int64: Int64] {
-        guard !events.isEmpty else { return [:] }
-        let ids = events.map(\.id)
+    /// Acknowledges the notified events the log holds exactly as notified (`payloads` beside the
+    /// batch's events, as the private channel carried them); returns their ids with the lag start
+    /// (as `columns` computes it).
+    func acknowledgeNotified(_ batch: ConfirmedBatch, payloads: [String]) throws(PostgresError) -> [Int64: Int64] {
+        precondition(batch.events.count == payloads.count && batch.ids.count == payloads.count, "a payload for each notified event")
+        guard !batch.ids.isEmpty else { return [:] }
+        let ids = batch.ids
         try markAcknowledging(ids)
         let rows = try connection.execute(prepared: "ci_ack_notified", [
-            PostgresArray.integers(ids), PostgresArray.text(events.map(\.kind)), PostgresArray.text(events.map(\.payload))])
+            PostgresArray.integers(ids), PostgresArray.text(batch.events.map(\.kind.rawValue)), PostgresArray.text(payloads)])
         var starts: [Int64: Int64] = [:]
         for row in rows.rows {
             if let id = row[0].flatMap({ Int64($0) }) { starts[id] = row[1].flatMap { Int64($0) } ?? 0 }

@@ -71,3 +71,62 @@ struct RedisInvalidator {
         return removed
     }
 }
+
+/// A batch whose keys Redis confirmed gone: the only thing `EventLog` acknowledges. Its
+/// initializer is private to this file, where the one function that gets Redis's confirmation
+/// makes it, so "acknowledge only what Redis confirmed" holds by construction: no other code can
+/// produce one.
+struct ConfirmedBatch {
+    /// Everything to acknowledge: the events, and rows that could not be decoded (acknowledged
+    /// with nothing deleted; they would otherwise come back in every fetch).
+    let ids: [Int64]
+    /// The events, for the statistics (`record`). The private channel's path drops the events
+    /// the log did not confirm before recording: those are read from the log again.
+    var events: [InvalidationEvent]
+    /// Per-event key and pattern counts, beside `events` (debug level only).
+    var rendered: [(keys: Int, patterns: Int)]
+    let keysByKind: [EventKind: Int]
+    let keys: Int
+    let outcome: RedisInvalidator.Outcome
+    /// Wall-clock time of Redis's confirmation: the end of each event's lag.
+    let confirmedAt: Int64
+    /// Rows that could not be decoded (in `ids`, not in `events`).
+    let undecodable: [Int64]
+    /// Taken from the private channel's notifications (counted apart in the statistics).
+    var fromNotifications = false
+
+    fileprivate init(ids: [Int64], events: [InvalidationEvent], rendered: [(keys: Int, patterns: Int)], keysByKind: [EventKind: Int],
+                     keys: Int, outcome: RedisInvalidator.Outcome, confirmedAt: Int64, undecodable: [Int64]) {
+        self.ids = ids
+        self.events = events
+        self.rendered = rendered
+        self.keysByKind = keysByKind
+        self.keys = keys
+        self.outcome = outcome
+        self.confirmedAt = confirmedAt
+        self.undecodable = undecodable
+    }
+}
+
+extension RedisInvalidator {
+    /// Renders the keys of a batch of events by the rules and deletes them in one pipelined round
+    /// trip. Returns the confirmation that `EventLog` needs to acknowledge them; throws (and
+    /// nothing can be acknowledged) unless Redis confirmed every deletion.
+    func delete(_ fetched: EventLog.Fetched, rules: RuleSet, prefix: String, countPerEvent: Bool) throws(RedisError) -> ConfirmedBatch {
+        var plan = InvalidationPlan()
+        // Six keys per event is the most any default rule renders.
+        plan.reserveCapacity(keys: fetched.events.count * 6)
+        var rendered: [(keys: Int, patterns: Int)] = []
+        if countPerEvent { rendered.reserveCapacity(fetched.events.count) }
+        var keysByKind: [EventKind: Int] = [:]
+        for event in fetched.events {
+            let counts = rules.apply(event, prefix: prefix, to: &plan)
+            keysByKind[event.kind, default: 0] += counts.keys
+            if countPerEvent { rendered.append(counts) }
+        }
+        let outcome = try execute(plan)
+        let undecodable = fetched.undecodable.map(\.id)
+        return ConfirmedBatch(ids: fetched.events.map(\.id) + undecodable, events: fetched.events, rendered: rendered, keysByKind: keysByKind,
+                              keys: plan.keyBytes.count, outcome: outcome, confirmedAt: wallClockNanoseconds(), undecodable: undecodable)
+    }
+}

@@ -31,6 +31,7 @@ struct DeliveryTests {
     @Test func slowWarningsAreBoundedAndCounted() throws {
         let harness = try Harness()
         for i in 1...100 { try harness.sql(Self.settledTrade(i, "0xslow\(i)")) }
+        // Time itself: every event must be older than the 1 ms slow threshold when it is processed.
         usleep(20_000)
         harness.startWorker { $0.slowThresholdNanoseconds = 1_000_000; $0.summaryIntervalNanoseconds = 60_000_000_000 }
         try harness.waitUntilProcessed()

@@ -54,11 +54,20 @@ final class BotStream: @unchecked Sendable {
         done.wait()
     }
 
-    /// Waits until at least `count` more writes committed than `after`.
-    func waitForCommits(_ count: Int, timeout: Double = 30) {
+    /// Waits until at least `count` more writes committed than had when called; fails the test
+    /// (with how far the bot got, and why its writes failed) if they do not within `timeout`, and
+    /// then tells the bot to stop, so that a failed test leaves no writer behind.
+    func waitForCommits(_ count: Int, timeout: Double = 30, sourceLocation: SourceLocation = #_sourceLocation) throws {
         let target = committed + count
-        let deadline = Date().addingTimeInterval(timeout)
-        while committed < target && Date() < deadline { usleep(5_000) }
+        do {
+            try awaitCondition("\(count) more commits of the bot (\(tag))", timeout: timeout, interval: 5_000, sourceLocation: sourceLocation) { seen in
+                seen = "\(committed) of \(target) committed, \(failures) failed writes, last error: \(lastError.isEmpty ? "none" : lastError)"
+                return committed >= target
+            }
+        } catch {
+            stopFlag.store(true, ordering: .relaxed)
+            throw error
+        }
     }
 
     private func run() {

@@ -30,17 +30,21 @@ struct FaultTests {
         try harness.waitFor("connected") { $0.active && $0.redisUp }
         let bot = BotStream(databaseURL: harness.databaseURL, redisPort: port, prefix: harness.prefix, tag: "r\(seconds)_")
         bot.start()
-        bot.waitForCommits(100)
+        try bot.waitForCommits(100)
 
         harness.servers.stopExtraRedis(port: port)
         try harness.waitFor("redis reported down") { !$0.redisUp }
         let outageStart = bot.committed
         let acknowledgedAtOutage = try harness.count("SELECT count(*) FROM cache_invalidation.events WHERE \(try harness.processed)")
+        // The outage's length is the test's parameter: time itself is what is tested here.
         sleep(UInt32(seconds))
         #expect(harness.worker!.wait(seconds: 0) == false, "the worker stays alive through the outage")
         #expect(try harness.count("SELECT count(*) FROM cache_invalidation.events WHERE \(try harness.processed)") == acknowledgedAtOutage,
                 "an event was acknowledged while no deletion could be confirmed")
-        #expect(try harness.pendingCount >= bot.committed - outageStart)
+        // Read the commits first: the bot goes on committing while the count is taken.
+        let committedDuringOutage = bot.committed - outageStart
+        let pendingDuringOutage = try harness.pendingCount
+        #expect(pendingDuringOutage >= committedDuringOutage, "\(pendingDuringOutage) pending, \(committedDuringOutage) committed during the outage")
 
         _ = try harness.servers.startExtraRedis(port: port, extraArguments: ["--requirepass", "refilling"])
         let admin = try RedisConnection(address: .tcp(host: "127.0.0.1", port: port))
@@ -51,7 +55,7 @@ struct FaultTests {
             _ = try admin.command([Array("SET".utf8), Array((harness.prefix + checked[index].key).utf8), Array("stale".utf8)])
         }
         _ = try admin.command(["CONFIG", "SET", "requirepass", ""].map { Array($0.utf8) })
-        bot.waitForCommits(100)
+        try bot.waitForCommits(100)
         bot.stop()
         checked += bot.writes[checked.count...]
         try harness.waitUntilProcessed(timeout: 60)
@@ -86,15 +90,22 @@ struct FaultTests {
         let acknowledged = "SELECT payload->>'telegram_id', payload->>'tx_hash' FROM cache_invalidation.events WHERE \(try harness.processed) AND payload->>'tx_hash' LIKE '0xstall%'"
         try harness.waitForAcknowledged(500, hashPrefix: "0xstall")
 
-        // Reads (EXISTS) are still served during a WRITE pause; UNLINK waits.
-        #expect(try redis.command(["CLIENT", "PAUSE", "4000", "WRITE"].map { Array($0.utf8) }) == .status("OK"))
-        usleep(1_500_000)
+        // Reads (EXISTS) are still served during a WRITE pause; UNLINK waits, and times out after
+        // 300 ms. The pause is long enough for several attempts; UNPAUSE ends it.
+        #expect(try redis.command(["CLIENT", "PAUSE", "15000", "WRITE"].map { Array($0.utf8) }) == .status("OK"))
+        defer { _ = try? redis.command(["CLIENT", "UNPAUSE"].map { Array($0.utf8) }) }
+        // A second failed attempt: the drain pass that met the first failure has ended, and with
+        // it the statement that was in flight (which acknowledged the last batch Redis confirmed).
+        try harness.waitFor("a second attempt failed in the paused Redis") { $0.redisErrors >= 2 }
         let rows = try harness.sql(acknowledged).rows
         #expect(rows.count > 0 && rows.count < burst, "the stall landed during the drain (\(rows.count) of \(burst) acknowledged)")
         let ackedKeys = rows.map { harness.prefix + "tx:\($0[0] ?? ""):\($0[1] ?? "")" }
         let replies = try redis.pipeline(ackedKeys.map { [Array("EXISTS".utf8), Array($0.utf8)] })
         let stillCached = zip(ackedKeys, replies).filter { $0.1 != .integer(0) }.map(\.0)
         #expect(stillCached.isEmpty, "acknowledged before Redis confirmed: \(stillCached.prefix(5)) (\(stillCached.count))")
+        // Two more attempts, each a drain pass that read batches and had them refused.
+        let errors = harness.worker!.statistics.snapshot.redisErrors
+        try harness.waitFor("two more attempts failed in the paused Redis") { $0.redisErrors >= errors + 2 }
         #expect(try harness.sql(acknowledged).rows.count == rows.count, "nothing is acknowledged while Redis hangs")
 
         _ = try redis.command(["CLIENT", "UNPAUSE"].map { Array($0.utf8) })
@@ -180,9 +191,9 @@ struct FaultTests {
         try harness.waitFor("connected") { $0.active && $0.redisUp }
         let bot = BotStream(databaseURL: postgres.url, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "pg")
         bot.start()
-        bot.waitForCommits(100)
+        try bot.waitForCommits(100)
         try postgres.restart()
-        bot.waitForCommits(200)
+        try bot.waitForCommits(200)
         bot.stop()
         try harness.waitUntilProcessed(databaseURL: postgres.url, timeout: 60)
         #expect(try harness.keysNeverDeleted(bot.writes) == [])
@@ -198,11 +209,11 @@ struct FaultTests {
         let bot = BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "term")
         bot.start()
         for round in 1...3 {
-            bot.waitForCommits(60)
+            try bot.waitForCommits(60)
             #expect(try harness.count("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'cache-invalidator' AND datname = current_database()") == 1)
             try harness.waitFor("reconnect \(round)") { $0.postgresConnects >= UInt64(round + 1) && $0.active }
         }
-        bot.waitForCommits(60)
+        try bot.waitForCommits(60)
         bot.stop()
         try harness.waitUntilProcessed()
         #expect(bot.failures == 0)
@@ -222,7 +233,7 @@ struct FaultTests {
         try harness.waitFor("connected") { $0.active && $0.redisUp }
         let before = BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "halfbefore")
         before.start()
-        before.waitForCommits(50)
+        try before.waitForCommits(50)
         before.stop()
         try harness.waitUntilProcessed()
 
@@ -235,7 +246,7 @@ struct FaultTests {
         try harness.waitFor("the silent connection replaced", timeout: 30) { $0.heartbeatFailures >= 1 && $0.active && $0.takeovers >= 2 }
         let detected = Date().timeIntervalSince(frozenAt)
         #expect(detected <= 15, "took \(detected) s to notice the silent connection")
-        bot.waitForCommits(100)
+        try bot.waitForCommits(100)
         bot.stop()
         try harness.waitUntilProcessed()
         #expect(try harness.keysNeverDeleted(before.writes + bot.writes) == [])
@@ -256,10 +267,9 @@ struct FaultTests {
         try long.execute(DeliveryTests.settledTrade(1, "0xlong"))
         let bot = BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "later")
         bot.start()
-        bot.waitForCommits(200)
+        try bot.waitForCommits(200)
         try harness.waitFor("the later trades processed") { $0.eventsProcessed >= 200 }
         #expect(try harness.exists("tx:1:0xlong"), "not invalidated before it commits")
-        sleep(1)
         try long.execute("COMMIT")
         bot.stop()
         try harness.waitUntilProcessed()
@@ -293,7 +303,7 @@ struct FaultTests {
 
         let bot = BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "many")
         bot.start()
-        bot.waitForCommits(200)
+        try bot.waitForCommits(200)
         let first = snapshots().firstIndex(where: \.active)!
         let stoppedAt = Date()
         handles[first].stop()
@@ -301,7 +311,7 @@ struct FaultTests {
         try waitUntil("a standby took over") { s in s.enumerated().contains { $0.offset != first && $0.element.active } }
         let takeover = Date().timeIntervalSince(stoppedAt)
         #expect(takeover < 2, "a standby took \(takeover) s to take over")
-        bot.waitForCommits(200)
+        try bot.waitForCommits(200)
         bot.stop()
         try harness.waitUntilProcessed()
         let events = try harness.eventCount
@@ -337,7 +347,9 @@ struct FaultTests {
         let harness = try Harness()
         let bot = BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "down", perSecond: 500)
         bot.start()
-        bot.waitForCommits(1000)
+        try bot.waitForCommits(1000)
+        // Time itself: the oldest event must be older than the check's 1 s limit below, and the
+        // bot goes on writing for as long with nobody listening.
         sleep(2)
         bot.stop()
         #expect(bot.failures == 0)

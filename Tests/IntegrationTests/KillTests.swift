@@ -24,24 +24,28 @@ struct KillTests {
 
         var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
 
-        func waitForLine(containing text: String, timeout: Double = 20) -> Bool {
+        func waitForLine(containing text: String, timeout: Double = 20, sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
             let deadline = Date().addingTimeInterval(timeout)
             while Date() < deadline {
                 if output.contains(text) { return true }
                 usleep(5_000)
             }
-            Issue.record("no line containing \(text.debugDescription) within \(timeout) s; log:\n\(output.suffix(2000))")
+            Issue.record("no line containing \(text.debugDescription) within \(timeout) s; log:\n\(output.suffix(2000))", sourceLocation: sourceLocation)
             return false
         }
 
         func signal(_ number: Int32) { kill(pid, number) }
 
-        /// Waits for exit; the exit code, or 128 + the signal.
-        func exitCode(timeout: Double = 20) -> Int32? {
+        /// Waits for exit; the exit code, or 128 + the signal. nil, and the test fails, if the
+        /// process is still running after `timeout`.
+        func exitCode(timeout: Double = 20, sourceLocation: SourceLocation = #_sourceLocation) -> Int32? {
             var status: Int32 = 0
             let deadline = Date().addingTimeInterval(timeout)
             while waitpid(pid, &status, WNOHANG) == 0 {
-                if Date() > deadline { return nil }
+                if Date() > deadline {
+                    Issue.record("the worker (pid \(pid)) did not exit within \(timeout) s; log:\n\(output.suffix(2000))", sourceLocation: sourceLocation)
+                    return nil
+                }
                 usleep(10_000)
             }
             reaped = true
@@ -60,7 +64,7 @@ struct KillTests {
 
         let bot = BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "kill")
         bot.start()
-        bot.waitForCommits(50)
+        try bot.waitForCommits(50)
 
         // A burst committed in one transaction, every key cached: the active worker drains it
         // 20 events per batch, and is killed part-way.
@@ -79,7 +83,7 @@ struct KillTests {
         let restarted = try Worker(environment: environment)
         #expect(restarted.waitForLine(containing: "standing by"))
 
-        bot.waitForCommits(100)
+        try bot.waitForCommits(100)
         bot.stop()
         try harness.waitUntilProcessed(timeout: 60)
         #expect(try harness.keysNeverDeleted(bot.writes) == [])

@@ -70,15 +70,14 @@ struct PendingQueueTests {
             }
         }
         // The migration is queued behind the bot's transaction.
-        var waiting = false
-        for _ in 0..<200 where !waiting {
-            usleep(10_000)
-            waiting = try harness.count("""
-                SELECT count(*) FROM pg_stat_activity
-                WHERE wait_event_type = 'Lock' AND application_name = 'test-migrate-in-flight'
-                """) == 1
+        try awaitCondition("the migration waiting for the writer's lock", timeout: 20) { seen in
+            let rows = try harness.sql("""
+                SELECT coalesce(wait_event_type, ''), pg_blocking_pids(pid)::text, query FROM pg_stat_activity
+                WHERE application_name = 'test-migrate-in-flight'
+                """).rows
+            seen = "\(rows)"
+            return rows.contains { $0[0] == "Lock" && $0[1] == "{\(bot.backendPID)}" }
         }
-        #expect(waiting, "the migration waits for the writer")
         try bot.execute("COMMIT")
         let result = applying.wait(seconds: 20)
         #expect(result == .success([5]), "\(String(describing: result))")

@@ -249,16 +249,16 @@ struct PrivateChannelTests {
         harness.stopWorker()
     }
 
-    /// Waits (at most 5 s) for `count` notifications on `connection`.
-    static func notifications(on connection: PGConnection, count: Int) throws -> [PGNotification] {
+    /// Waits (at most 5 s) for `count` notifications on `connection`; fails the test with those
+    /// that came if fewer did.
+    static func notifications(on connection: PGConnection, count: Int, sourceLocation: SourceLocation = #_sourceLocation) throws -> [PGNotification] {
         var received: [PGNotification] = []
-        let deadline = Date().addingTimeInterval(5)
-        while received.count < count && Date() < deadline {
+        return try awaitValue("\(count) notifications", timeout: 5, interval: 5_000, sourceLocation: sourceLocation) { seen in
             try connection.consumeInput()
             received += connection.notifications()
-            if received.count < count { usleep(5_000) }
+            seen = "\(received)"
+            return received.count >= count ? received : nil
         }
-        return received
     }
 
     /// The acknowledgement carries payloads in an array literal: values Swift groups oddly (a

@@ -48,12 +48,10 @@ struct ProcessTests {
         #expect(try redis.command(["EXISTS", "area51:tx:42:0xbin"].map { Array($0.utf8) }) == .integer(0))
 
         // Wait for a summary line that saw the event, then stop the way systemd does.
-        let deadline = Date().addingTimeInterval(15)
-        var log = ""
-        while Date() < deadline {
-            log = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
-            if log.contains("msg=\"lag summary\"") && log.contains("events=1 ") { break }
-            usleep(50_000)
+        try awaitCondition("a lag summary line that counted the event", timeout: 15, interval: 50_000) { seen in
+            let log = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+            seen = "log:\n\(log.suffix(2000))"
+            return log.contains("msg=\"lag summary\"") && log.contains("events=1 ")
         }
         // What a scraper and a probe see, and no password there either.
         let metrics = StatusServerTests.get("/metrics", port: metricsPort)
@@ -73,7 +71,7 @@ struct ProcessTests {
         exited = reaped == pid
         #expect(reaped == pid, "did not exit within 15 s of SIGTERM")
         #expect(TestServers.exitCode(status) == 0, "exit status \(status)")
-        log = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+        let log = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
         #expect(log.contains("msg=\"lag summary\""))
         #expect(log.contains("msg=\"event invalidated\""), "debug level logs one line per event")
         #expect(log.contains("msg=\"signal received, finishing the batch in flight\""))

@@ -19,7 +19,7 @@ struct QuietNotifyTests {
         try harness.waitFor("connected") { $0.active && $0.redisUp }
         let bots = (0..<2).map { BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "\(tag)\($0)_", perSecond: 600) }
         bots.forEach { $0.start() }
-        bots.forEach { $0.waitForCommits(commits) }
+        try bots.forEach { try $0.waitForCommits(commits) }
         return (harness, bots)
     }
 
@@ -54,12 +54,12 @@ struct QuietNotifyTests {
         try harness.waitFor("listening") { $0.listening && $0.initialDrainDone && $0.redisUp }
         let bot = BotStream(databaseURL: harness.databaseURL, redisPort: harness.servers.redisPort, prefix: harness.prefix, tag: "steady", perSecond: 100)
         bot.start()
-        bot.waitForCommits(20)
+        try bot.waitForCommits(20)
         try harness.cachedTradeBurst(2_000, telegramBase: 830_000, users: 100, hashPrefix: "0xsteadyburst")
         try harness.waitFor("polling after the burst") { $0.pollingEntries >= 1 }
         try harness.waitFor("notified again while the stream goes on", timeout: 10) { !$0.polling && $0.eventsProcessed >= 2_000 }
         let entries = harness.worker!.statistics.snapshot.pollingEntries
-        bot.waitForCommits(100)
+        try bot.waitForCommits(100)
         #expect(harness.worker!.statistics.snapshot.pollingEntries == entries, "no flipping back and forth at 100/s")
         #expect(!harness.worker!.statistics.snapshot.polling)
         bot.stop()
@@ -127,8 +127,19 @@ struct QuietNotifyTests {
         try harness.waitFor("the later events processed") { $0.eventsProcessed >= 25 }
         #expect(try harness.count("SELECT count(*) FROM cache_invalidation.events WHERE id > $1 AND \(try harness.processed)", [String(lateID)]) >= 20,
                 "the polling cursor passed the late writer's id")
-        // Past the exit delay: released W, but cannot settle while the late writer is open.
-        usleep(1_000_000)
+        // Past the exit delay the worker releases W (no session holds it in pg_locks) and asks
+        // whether G is free (its backend runs the probe); G is not, while the late writer is open.
+        // (Back to notifications instead, it fails below.)
+        try awaitCondition("W released and G probed", timeout: 20) { seen in
+            guard harness.worker!.statistics.snapshot.polling else { return true }
+            let holdsW = try harness.count("""
+                SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' AND granted AND classid = 1667326824 AND objid = 1701408376 AND objsubid = 1
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                """)
+            let worker = try harness.workerBackend()
+            seen = "\(holdsW) sessions holding W; the worker's backend: \(worker.map { "\($0)" } ?? "none")"
+            return holdsW == 0 && worker?.query.contains("CASE WHEN pg_try_advisory_lock") == true
+        }
         #expect(harness.worker!.statistics.snapshot.polling, "went back to waiting for notifications while a quiet writer was open")
         try late.execute("COMMIT")
         let deadline = Date().addingTimeInterval(3)

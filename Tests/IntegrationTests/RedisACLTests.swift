@@ -1,3 +1,4 @@
+import CacheInvalidator
 import Foundation
 import Glibc
 import InvalidationCore
@@ -27,8 +28,9 @@ struct RedisACLTests {
         defer { server.stop() }
         let endpoint = try RedisEndpoint.parse(server.workerURL)
         #expect(endpoint.username == Self.workerUser && endpoint.password == server.workerPassword)
-        // Short summary interval: the periodic work (sweep, INFO for the metrics) runs too.
-        harness.startWorker { $0.redis = endpoint; $0.summaryIntervalNanoseconds = 200_000_000 }
+        // Short summary interval: the periodic work (sweep, PING, and INFO, which the worker reads
+        // for its metrics) runs too.
+        harness.startWorker(metrics: WorkerMetrics(version: "test")) { $0.redis = endpoint; $0.summaryIntervalNanoseconds = 200_000_000 }
 
         // Plain deletions (UNLINK) of a settled trade.
         let tradeKeys = ["wallet_balance:0xW7", "portfolio:7", "main_menu:7", "user_state:7", "tx:7:0xacl"]
@@ -46,7 +48,10 @@ struct RedisACLTests {
         try harness.waitUntilProcessed()
         #expect(try server.missing(harness.prefix, among: walletKeys + ["temp_sell_data:9:s1"]) == Set(walletKeys))
 
-        usleep(600_000) // a few summary intervals
+        // A few more summaries, each a sweep and a PING as the ACL user, and INFO read as it.
+        let summaries = harness.logs.captured.filter { $0.contains("msg=\"lag summary\"") }.count
+        try harness.waitForLogLines(containing: "msg=\"lag summary\"", count: summaries + 3)
+        #expect(harness.worker!.statistics.snapshot.redisInfo != nil, "INFO was read as the ACL user")
         harness.stopWorker()
         let refused = harness.logs.captured.filter { $0.contains("NOPERM") || $0.contains("level=error") }
         #expect(refused.isEmpty, "the worker hit errors as the ACL user:\n\(refused.joined(separator: "\n"))")

@@ -10,26 +10,54 @@ import Testing
 @Suite("Robustness")
 struct RobustnessTests {
     /// A notification that arrives while the worker waits for its own query lands in libpq's
-    /// buffer, not on the socket: it must still be handled at once, not at the next summary tick.
+    /// buffer, not on the socket: it must still be handled at once, not at the next wake-up (the
+    /// summary, the heartbeat and maintenance are all pushed out of reach here).
+    ///
+    /// The query held is the acknowledgement of a notified event, since 0005 a DELETE from
+    /// cache_invalidation.pending, held by a lock on that event's pending row. The worker
+    /// acknowledges within a millisecond of the notification, sooner than a test could take the
+    /// lock, so Redis holds it first: its deletion waits in a paused Redis while the row is locked.
     @Test func notificationReceivedDuringAQueryIsNotLeftWaiting() throws {
         let harness = try Harness()
-        harness.startWorker { $0.summaryIntervalNanoseconds = 120_000_000_000 }
-        try harness.waitFor("connected") { $0.listening && $0.redisUp }
+        let port = try harness.servers.startExtraRedis()
+        defer { harness.servers.stopExtraRedis(port: port) }
+        let redis = try RedisConnection(address: .tcp(host: "127.0.0.1", port: port))
+        harness.startWorker {
+            $0.redis = try! RedisEndpoint.parse("redis://127.0.0.1:\(port)/0")
+            $0.redisTimeoutMilliseconds = 30_000
+            $0.summaryIntervalNanoseconds = 600_000_000_000
+            $0.heartbeatIdleNanoseconds = 600_000_000_000
+            $0.maintenanceIntervalNanoseconds = 600_000_000_000
+        }
+        try harness.waitFor("listening, the log drained, notified") { $0.listening && $0.redisUp && $0.initialDrainDone && !$0.polling }
+        try harness.seed(["tx:1:0xfirst", "tx:2:0xsecond"], redis: redis)
+
+        // The first event's deletion waits in Redis, paused for writes.
+        #expect(try redis.command(["CLIENT", "PAUSE", "30000", "WRITE"].map { Array($0.utf8) }) == .status("OK"))
+        defer { _ = try? redis.command(["CLIENT", "UNPAUSE"].map { Array($0.utf8) }) }
         try harness.sql(DeliveryTests.settledTrade(1, "0xfirst"))
-        let firstID = try harness.sql("SELECT max(id) FROM cache_invalidation.events")[0, 0]!
-        // Hold the first event's row so the worker's acknowledgement waits (well under its lock_timeout).
-        let blocker = try PGConnection(conninfo: harness.databaseURL)
+        try Harness.waitForBlockedClient(redis, command: "unlink")
+        // Its pending row locked, then Redis let go: the acknowledgement waits for the row.
+        let firstID = try #require(try harness.sql("SELECT max(id) FROM cache_invalidation.events")[0, 0])
+        let blocker = try PGConnection(conninfo: harness.databaseURL, applicationName: "test-row-lock")
         try blocker.execute("BEGIN")
-        try blocker.execute("SELECT id FROM cache_invalidation.events WHERE id = $1 FOR UPDATE", [firstID])
-        // The worker races for the row; give it time to reach the blocked acknowledgement.
-        usleep(300_000)
-        try harness.seed(["tx:2:0xsecond"])
+        #expect(try blocker.execute("SELECT id FROM cache_invalidation.pending WHERE id = $1 FOR UPDATE", [firstID]).rows.count == 1)
+        _ = try redis.command(["CLIENT", "UNPAUSE"].map { Array($0.utf8) })
+        let held = try harness.waitForWorkerBlocked(in: "DELETE FROM cache_invalidation.pending", by: blocker.backendPID)
+
+        // The second event commits meanwhile: its notification reaches the worker during that
+        // statement (the same one still waiting, not a retry), and arrives with its answer.
         try harness.sql(DeliveryTests.settledTrade(2, "0xsecond"))
-        usleep(300_000)
+        let still = try harness.workerBackend()
+        #expect(still?.waitsForLock == true && still?.queryStart == held.queryStart,
+                "the acknowledgement was still waiting when the second event committed; the worker's backend: \(still.map { "\($0)" } ?? "none")")
         try blocker.execute("COMMIT")
+
         try harness.waitUntilProcessed(timeout: 5)
-        #expect(try harness.deleted(among: ["tx:2:0xsecond"]) == ["tx:2:0xsecond"])
-        #expect(harness.worker!.statistics.snapshot.postgresConnects == 1, "no reconnect was needed")
+        #expect(try harness.deleted(among: ["tx:1:0xfirst", "tx:2:0xsecond"], redis: redis) == ["tx:1:0xfirst", "tx:2:0xsecond"])
+        let stats = harness.worker!.statistics.snapshot
+        #expect(stats.eventsFromNotifications == 2, "both events taken from their notifications, not found by a read of the log: \(stats.eventsFromNotifications)")
+        #expect(stats.postgresConnects == 1 && stats.postgresErrors == 0 && stats.redisErrors == 0, "no timeout, no reconnect: \(stats)")
         harness.stopWorker()
     }
 
@@ -43,6 +71,8 @@ struct RobustnessTests {
         try connection.execute("SET statement_timeout = '300ms'")
         try connection.prepare("big", "SELECT repeat('x', 1000000) FROM generate_series(1, 40)", parameterCount: 0)
         try connection.send(prepared: "big", [])
+        // The caller's work, 1.5 s of it: time itself is the subject (longer than the 300 ms
+        // statement_timeout that a blocked server's wait counts against).
         usleep(1_500_000)
         do {
             let rows = try connection.receive()
@@ -52,31 +82,49 @@ struct RobustnessTests {
         }
         try connection.send(prepared: "big", [])
         let pending = connection.receiveConcurrently()
-        usleep(1_500_000)
+        usleep(1_500_000)  // the same work, as long: time is the subject here too
         let rows = try pending.wait()
         #expect(rows.rows.count == 40)
         #expect(rows.rows.allSatisfy { $0[0]?.utf8.count == 1_000_000 })
     }
 
-    /// A DBA's lock on the event log must not freeze the worker: its statements time out, and a
-    /// stop request is honoured within seconds.
+    /// A DBA's lock on the event log must not freeze the worker: since 0005 its acknowledgements
+    /// are DELETEs from cache_invalidation.pending, and a lock there that conflicts with them (a
+    /// CREATE INDEX, a LOCK TABLE ... IN SHARE MODE) holds the acknowledgement up until it fails at
+    /// lock_timeout; a stop requested meanwhile is honoured within seconds, with the lock still
+    /// held. The event stays pending: deleted in Redis, not acknowledged, redone by the next worker.
     @Test func lockedEventLogDoesNotFreezeShutdown() throws {
         let harness = try Harness()
         harness.startWorker()
-        try harness.waitFor("connected") { $0.listening && $0.redisUp }
-        let dba = try PGConnection(conninfo: harness.databaseURL)
-        try dba.execute("BEGIN")
-        try dba.execute("LOCK TABLE cache_invalidation.events IN SHARE MODE")
-        // The insert needs ROW EXCLUSIVE, which SHARE blocks: commit it from a thread of its own.
-        let url = harness.databaseURL
-        let writer = Thread { _ = try? PGConnection(conninfo: url).execute(DeliveryTests.settledTrade(3, "0xlocked")) }
-        writer.start()
-        usleep(500_000)
+        try harness.waitFor("listening, the log drained, notified") { $0.listening && $0.redisUp && $0.initialDrainDone && !$0.polling }
+        try harness.seed(["tx:3:0xlocked"])
+        // The bot's transaction writes the event and stays open; the DBA's LOCK queues behind it
+        // and is granted the moment the bot commits, before the worker, notified by that commit,
+        // can acknowledge (the lock would also keep the bot from writing, were it taken first).
+        let bot = try PGConnection(conninfo: harness.databaseURL, applicationName: "test-bot-locked")
+        try bot.execute("BEGIN")
+        try bot.execute(DeliveryTests.settledTrade(3, "0xlocked"))
+        let dba = try BackgroundSession(databaseURL: harness.databaseURL, applicationName: "test-dba")
+        try dba.connection.execute("BEGIN")
+        dba.start("LOCK TABLE cache_invalidation.pending IN SHARE MODE")
+        try harness.waitForLockWait(pid: dba.pid, "the DBA's LOCK queued behind the bot's transaction")
+        try bot.execute("COMMIT")
+        try dba.finish()
+        try harness.waitForWorkerBlocked(in: "DELETE FROM cache_invalidation.pending", by: dba.pid)
+
         let started = Date()
         harness.worker!.stop()
-        #expect(harness.worker!.wait(seconds: 20), "the worker did not stop while the log was locked")
-        #expect(Date().timeIntervalSince(started) < 20)
-        try dba.execute("ROLLBACK")
+        #expect(harness.worker!.wait(seconds: 20), "the worker did not stop while the queue was locked")
+        let took = Date().timeIntervalSince(started)
+        #expect(took < 10, "took \(took) s to stop (lock_timeout is 5 s)")
+        #expect(try harness.count("""
+            SELECT count(*) FROM pg_locks
+            WHERE pid = $1::int4 AND relation = 'cache_invalidation.pending'::regclass AND mode = 'ShareLock' AND granted
+            """, [String(dba.pid)]) == 1, "the DBA still held the lock when the worker stopped")
+        #expect(harness.logs.captured.contains { $0.contains("lock timeout") }, "the held acknowledgement failed at lock_timeout:\n\(harness.logTail)")
+        #expect(try harness.pendingCount == 1, "acknowledged although the queue was locked")
+        #expect(try !harness.exists("tx:3:0xlocked"), "deleted in Redis before the acknowledgement was tried")
+        try dba.connection.execute("ROLLBACK")
     }
 
     /// Connecting works, the first command fails (a read-only replica): one error line and a
@@ -89,8 +137,11 @@ struct RobustnessTests {
         // A replica of a primary that does not exist: up, answering PING, refusing writes.
         _ = try admin.command(["REPLICAOF", "127.0.0.1", "1"].map { Array($0.utf8) })
         harness.startWorker { $0.redis = try! RedisEndpoint.parse("redis://127.0.0.1:\(port)/0") }
+        let committed = Date()
         try harness.sql(DeliveryTests.settledTrade(4, "0xro"))
-        usleep(3_000_000)
+        // Eight rejected attempts, each after a reconnect: counted, not waited for by the clock.
+        try harness.waitFor("eight rejected attempts", timeout: 30) { $0.redisErrors >= 8 }
+        let elapsed = Date().timeIntervalSince(committed)
         let stats = harness.worker!.statistics.snapshot
         #expect(stats.eventsProcessed == 0)
         #expect(try harness.pendingCount == 1)
@@ -98,9 +149,11 @@ struct RobustnessTests {
         #expect(errorLines.count == 1, "\(errorLines)")
         #expect(errorLines.first?.contains("redis rejected the deletions") == true)
         #expect(errorLines.first?.contains("READONLY") == true)
-        // Backoff from 20 ms to the harness's 500 ms cap allows about a dozen attempts in 3 s;
-        // without growth (reset on every successful connect) it would be over a hundred.
-        #expect(stats.redisConnects < 25, "reconnected \(stats.redisConnects) times in 3 s")
+        // Backoff from 20 ms doubling to the harness's 500 ms cap, each delay at least half its
+        // window: the seven delays between the eight attempts add up to at least
+        // 10+20+40+80+160+250+250 = 810 ms (measured from before the commit, so a late look only
+        // adds). Without growth (reset on every successful connect) they would take about 0.1 s.
+        #expect(elapsed > 0.7, "eight attempts in \(elapsed) s: the backoff did not grow")
         _ = try admin.command(["REPLICAOF", "NO", "ONE"].map { Array($0.utf8) })
         try harness.waitUntilProcessed()
         #expect(harness.logs.captured.contains { $0.contains("msg=\"redis connected\"") })
@@ -112,7 +165,8 @@ struct RobustnessTests {
     @Test func missingMigrationsAreReportedOnceAndRecovered() throws {
         let harness = try Harness(migrate: false)
         harness.startWorker()
-        usleep(2_000_000)
+        // Several failed attempts (backoff from 20 ms), any of which could have logged.
+        try harness.waitFor("several failed attempts") { $0.postgresErrors >= 5 }
         let errorLines = harness.logs.captured.filter { $0.contains("level=error") }
         #expect(errorLines.count == 1, "\(errorLines)")
         #expect(errorLines.first?.contains("apply the migrations") == true, "\(errorLines)")

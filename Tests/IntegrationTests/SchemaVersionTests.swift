@@ -9,6 +9,22 @@ import Testing
 struct SchemaVersionTests {
     static let newer = HealthCheck.latestSchemaVersion + 1
 
+    /// A worker that checks every 100 ms, with nothing after the check in each round (no pruning):
+    /// the trigger check, which follows the schema read, is then what its backend shows until the
+    /// next round, and `maintenanceRounds` can count the rounds in pg_stat_activity.
+    static func startChecking(_ harness: Harness) {
+        harness.startWorker {
+            $0.maintenanceIntervalNanoseconds = 100_000_000
+            $0.retentionSeconds = 0
+            $0.heartbeatIdleNanoseconds = 600_000_000_000
+        }
+    }
+
+    /// Waits for `count` more maintenance rounds, each a schema check.
+    static func maintenanceRounds(_ harness: Harness, _ count: Int) throws {
+        try harness.waitForWorkerStatements(containing: "FROM cache_invalidation.expected_triggers", count: count)
+    }
+
     static func recordNewerMigration(_ harness: Harness) throws {
         try harness.sql("INSERT INTO cache_invalidator_schema_migrations (version, name) VALUES ($1, 'from_a_newer_release')", [String(newer)])
     }
@@ -16,20 +32,20 @@ struct SchemaVersionTests {
     @Test func theWorkerReportsItOnceAndKeepsInvalidating() throws {
         let harness = try Harness()
         try Self.recordNewerMigration(harness)
-        harness.startWorker { $0.maintenanceIntervalNanoseconds = 100_000_000 }
+        Self.startChecking(harness)
         try harness.waitFor("the schema version read") { $0.schemaVersion == Self.newer }
         let keys = try harness.cachedTradeBurst(3, telegramBase: 810_000, users: 3, hashPrefix: "0xnewer")
         try harness.waitForAcknowledged(3, hashPrefix: "0xnewer")
         for key in keys { #expect(try !harness.exists(key), "\(key) still cached") }
-        // Several more checks (every 100 ms): still one report for the same version.
-        usleep(600_000)
+        // Several more checks: still one report for the same version.
+        try Self.maintenanceRounds(harness, 4)
         let reports = harness.logs.captured.filter { $0.contains("schema is newer than this worker knows") }
         #expect(reports.count == 1, "\(reports)")
         #expect(reports.first?.contains("level=error") == true && reports.first?.contains("version=\(Self.newer)") == true, "\(reports)")
         // The check repeats: a still newer migration is reported too, once.
         try harness.sql("INSERT INTO cache_invalidator_schema_migrations (version, name) VALUES ($1, 'newer_still')", [String(Self.newer + 1)])
         try harness.waitFor("the newer version read") { $0.schemaVersion == Self.newer + 1 }
-        usleep(300_000)
+        try Self.maintenanceRounds(harness, 3)
         let all = harness.logs.captured.filter { $0.contains("schema is newer than this worker knows") }
         #expect(all.count == 2 && all.last?.contains("version=\(Self.newer + 1)") == true, "\(all)")
         harness.stopWorker()
@@ -37,9 +53,9 @@ struct SchemaVersionTests {
 
     @Test func aKnownSchemaIsNotReported() throws {
         let harness = try Harness()
-        harness.startWorker { $0.maintenanceIntervalNanoseconds = 100_000_000 }
+        Self.startChecking(harness)
         try harness.waitFor("the schema version read") { $0.schemaVersion == HealthCheck.latestSchemaVersion }
-        usleep(300_000)
+        try Self.maintenanceRounds(harness, 3)
         #expect(!harness.logs.captured.contains { $0.contains("schema is newer") })
         harness.stopWorker()
     }

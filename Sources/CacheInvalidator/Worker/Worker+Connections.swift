@@ -1,0 +1,218 @@
+import Foundation
+import InvalidationCore
+import Logging
+import PostgresClient
+import RedisClient
+
+// Connections and leadership. ReconnectPolicy decides when to retry and what is worth a log
+// line; these functions only open connections, execute what the session needs, and log.
+extension Worker {
+    func connectPostgres() {
+        do {
+            let connection = try PGConnection(conninfo: config.databaseURL)
+            let log = try EventLog(connection: connection, channel: config.channel, statementTimeoutMilliseconds: config.statementTimeoutMilliseconds)
+            session = Session(connection: PostgresSide(log: log), now: monotonicNanoseconds())
+            postgresPolicy.opened()
+            statistics.update { $0.postgresConnects += 1 }
+            logger.debug("postgres connection opened", metadata: [LogKey.target: "\(connection.target)"])
+        } catch {
+            postgresFailed(error)
+            return
+        }
+        tryToLead()
+    }
+
+    /// Takes the leader lock if no other worker holds it, then LISTENs; the new active session
+    /// drains the log and settles (see `PaceMachine.init`). A standby does not LISTEN: a
+    /// listener that does not read would hold back the server's notification queue, and a full
+    /// queue fails the bot's commits.
+    func tryToLead() {
+        guard let log = session?.connection.log, session?.isActive == false else { return }
+        let active: ActiveSession
+        do {
+            guard try takeLeaderLock(log) else {
+                session?.nextLeadAttemptAt = monotonicNanoseconds() + config.standbyPollNanoseconds
+                postgresRoundTripSucceeded()
+                if !reporting.announcedStandby {
+                    reporting.announcedStandby = true
+                    logger.info("standing by: another worker is active (it holds the leader lock); taking over when its session ends", metadata: [
+                        LogKey.retryMilliseconds: "\(config.standbyPollNanoseconds / 1_000_000)"])
+                }
+                return
+            }
+            // LISTEN before draining: an event committed between the two is then either in the
+            // drain or announced by a notification, never in neither.
+            try log.listen()
+            let quietNotify = try log.hasQuietNotify()
+            let privateChannel = try listenPrivately(log)
+            if quietNotify { try endStalePollingHolders(log) }
+            active = ActiveSession(privateChannel: privateChannel, quietNotify: quietNotify ? paceSettings : nil,
+                                   workBound: max(4 * config.batchSize, 10_000), now: monotonicNanoseconds())
+        } catch {
+            postgresFailed(error)
+            return
+        }
+        session?.active = active
+        abandonedBackendPID = nil
+        statistics.update { $0.takeovers += 1 }
+        postgresRoundTripSucceeded()
+        if reporting.announcedStandby {
+            reporting.announcedStandby = false
+            logger.notice("took over as the active worker: listening and draining the log")
+        }
+    }
+
+    /// The leader lock; if another session holds it and that session is this worker's own
+    /// abandoned one (a half-open connection the server still keeps), ends it and retries.
+    private func takeLeaderLock(_ log: EventLog) throws(PostgresError) -> Bool {
+        if try log.tryLead() { return true }
+        guard let pid = abandonedBackendPID else { return false }
+        abandonedBackendPID = nil
+        guard try log.terminateAbandonedSession(pid: pid) else { return false }
+        logger.warning("ended this worker's previous Postgres session, which the server still kept (half-open connection); taking the lead back", metadata: [LogKey.backendPID: "\(pid)"])
+        // The lock goes with the session, a moment after the signal.
+        for _ in 0..<50 {
+            usleep(20_000)
+            if try log.tryLead() { return true }
+        }
+        return false
+    }
+
+    /// The private channel's name (0004), when this session may LISTEN to it.
+    private func listenPrivately(_ log: EventLog) throws(PostgresError) -> String? {
+        do {
+            switch try log.listenPrivately() {
+            case .listening(let name):
+                return name
+            case .notInstalled:
+                return nil
+            case .notGranted:
+                if !reporting.warnedPrivateChannelNotGranted {
+                    reporting.warnedPrivateChannelNotGranted = true
+                    logger.warning("cannot listen on the private channel: every event is read from the log after its notification, one more round trip of lag; GRANT EXECUTE ON FUNCTION cache_invalidation.listen_privately() TO this role (deploy/postgres/roles.sql)")
+                }
+                return nil
+            }
+        } catch where error.code == .queryFailed {
+            // A fast path lost, nothing else: the public channel still names every event.
+            logger.error("cannot listen on the private channel; every event is read from the log after its notification (one more round trip of lag)", metadata: [LogKey.error: "\(error)"])
+            return nil
+        }
+    }
+
+    /// A previous leader that vanished while polling may still hold W: writers skip their NOTIFY
+    /// for it until it goes.
+    private func endStalePollingHolders(_ log: EventLog) throws(PostgresError) {
+        do {
+            let ended = try log.endStalePollingHolders()
+            if ended > 0 {
+                logger.warning("ended a previous worker's session that still held the polling lock (writers were skipping their NOTIFY for it)", metadata: [LogKey.events: "\(ended)"])
+            }
+        } catch where error.sqlState == "42501" {
+            logger.warning("a session of another role holds the polling lock and cannot be ended by this one; writers skip their NOTIFY until it goes (the sweep every SUMMARY_INTERVAL still finds every event)", metadata: [LogKey.error: "\(error)"])
+        }
+    }
+
+    /// A connection can stop delivering without any error (a half-open TCP connection, a frozen
+    /// middlebox): LISTEN then simply hears nothing. A query that must answer within a deadline
+    /// is the only proof of life, so an idle connection gets one.
+    func heartbeat() {
+        guard let log = session?.connection.log else { return }
+        do {
+            try log.heartbeat(timeoutSeconds: config.heartbeatTimeoutSeconds)
+            postgresRoundTripSucceeded()
+        } catch {
+            statistics.update { $0.heartbeatFailures += 1 }
+            postgresFailed(error)
+        }
+    }
+
+    func postgresRoundTripSucceeded() {
+        let now = monotonicNanoseconds()
+        session?.lastAnswerAt = now
+        guard !postgresPolicy.verified, let session else { return }
+        if case .cameUp(let failures, let downFor)? = postgresPolicy.roundTripSucceeded(now: now) {
+            var metadata: Logger.Metadata = [LogKey.target: "\(session.connection.log.connection.target)", LogKey.role: "\(session.isActive ? "active" : "standby")",
+                                             LogKey.lagStart: "\(session.connection.log.commitTimestamps ? "commit_timestamp" : "trigger_write_time")"]
+            addOutage(&metadata, failures: failures, downFor: downFor)
+            logger.info(session.isActive ? "postgres connected, listening" : "postgres connected, standing by", metadata: metadata)
+        }
+    }
+
+    /// Forgets the session (one assignment: the leader lock, W, the pace and the pending work
+    /// went with it on the server too); the next turn of the loop connects again. The drain after
+    /// reconnecting finds everything that was waiting (deletions are idempotent).
+    func postgresFailed(_ error: PostgresError) {
+        if let session, error.code == .connectionLost { abandonedBackendPID = session.connection.log.connection.backendPID }
+        session = nil
+        statistics.update { $0.postgresErrors += 1 }
+        let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"
+        report(postgresPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
+               server: "postgres", what: what, consequence: "events wait in the log", error: "\(error)")
+    }
+
+    /// Drops the Postgres session on purpose and opens a new one at once (not a failure: no
+    /// backoff, no error count).
+    func reopenPostgres(reason: String) {
+        logger.notice("\(reason)")
+        session = nil
+    }
+
+    func connectRedis() {
+        do {
+            let connection = try config.redis.connect(timeoutMilliseconds: config.redisTimeoutMilliseconds)
+            try ping(connection)
+            invalidator = RedisInvalidator(connection: connection, deleteCommand: config.deleteCommand)
+            redisPolicy.opened()
+            // While Redis was away nothing was remembered of what notifications named.
+            session?.active?.work.requestDrain()
+            statistics.update { $0.redisConnects += 1 }
+            logger.debug("redis connection opened", metadata: [LogKey.target: "\(config.redis)"])
+        } catch {
+            redisFailed(error)
+        }
+    }
+
+    func ping(_ connection: RedisConnection) throws(RedisError) {
+        let reply = try connection.command([Array("PING".utf8)])
+        guard reply == .status("PONG") else {
+            if case .error(let message) = reply { throw RedisError(code: .commandFailed, message: "PING: \(message)", target: "\(config.redis)") }
+            throw RedisError(code: .unexpectedReply, message: "PING answered \(reply)", target: "\(config.redis)")
+        }
+    }
+
+    func redisRoundTripSucceeded() {
+        guard !redisPolicy.verified, invalidator != nil else { return }
+        if case .cameUp(let failures, let downFor)? = redisPolicy.roundTripSucceeded(now: monotonicNanoseconds()) {
+            var metadata: Logger.Metadata = [LogKey.target: "\(config.redis)"]
+            addOutage(&metadata, failures: failures, downFor: downFor)
+            logger.info("redis connected", metadata: metadata)
+        }
+    }
+
+    func redisFailed(_ error: RedisError) {
+        invalidator = nil
+        session?.active?.work.requestDrain()
+        statistics.update { $0.redisErrors += 1 }
+        let what = error.code == .commandFailed ? "redis rejected the deletions" : "redis unavailable"
+        report(redisPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
+               server: "redis", what: what, consequence: "events wait in the log and are drained when it returns", error: "\(error)")
+    }
+
+    private func report(_ action: ReconnectPolicy.FailureAction, server: String, what: String, consequence: String, error: String) {
+        switch action {
+        case .retryNow:
+            logger.info("\(server) connection dropped, reconnecting", metadata: [LogKey.error: "\(error)"])
+        case .backOff(let delay, true):
+            logger.error("\(what), retrying with backoff; \(consequence)", metadata: [
+                LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
+        case .backOff(let delay, false):
+            logger.debug("\(server) still failing", metadata: [LogKey.error: "\(error)", LogKey.delayMilliseconds: "\(delay / 1_000_000)"])
+        }
+    }
+
+    private func addOutage(_ metadata: inout Logger.Metadata, failures: Int, downFor: UInt64?) {
+        if failures > 0 { metadata[LogKey.attempts] = "\(failures + 1)" }
+        if let downFor { metadata[LogKey.downSeconds] = "\(String(format: "%.1f", Double(downFor) / 1e9))" }
+    }
+}
