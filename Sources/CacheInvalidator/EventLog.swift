@@ -400,6 +400,33 @@ struct EventLog {
         return starts
     }
 
+    /// The ids of the events acknowledged within the last `seconds` (by any worker), as one range
+    /// (nil when there were none): what a new lead owes a second deletion. With the pending queue
+    /// the records `markAcknowledging` keeps bound it from below (one period of slack, so it may
+    /// hold a few events acknowledged up to two seconds earlier: deleting those again is harmless).
+    func recentlyAcknowledged(withinSeconds seconds: Double) throws(PostgresError) -> ClosedRange<Int64>? {
+        let low = queue
+            ? "SELECT min(a.min_id) FROM cache_invalidation.acknowledged a WHERE a.at >= now() - make_interval(secs => $1::float8 + \(Self.markPeriodNanoseconds / 1_000_000_000 + 1))"
+            : "SELECT min(e.id) FROM cache_invalidation.events e WHERE e.processed_at >= now() - make_interval(secs => $1::float8)"
+        let row = try connection.execute("SELECT (\(low)), (SELECT max(id) FROM cache_invalidation.events)", [String(seconds)]).rows.first
+        guard let lowText = row?[0], let low = Int64(lowText), let highText = row?[1], let high = Int64(highText), low <= high else { return nil }
+        return low...high
+    }
+
+    /// The acknowledged events with ids in `range` above `after`, oldest first, at most `limit`:
+    /// a page of a recorded range, for its second deletion. Pending ones are left to the worker's
+    /// first deletion.
+    func acknowledgedEvents(in range: ClosedRange<Int64>, after: Int64, limit: Int) throws(PostgresError) -> Fetched {
+        let acknowledged = queue
+            ? "NOT EXISTS (SELECT 1 FROM cache_invalidation.pending p WHERE p.id = e.id)"
+            : "e.processed_at IS NOT NULL"
+        return Self.decode(try connection.execute("""
+            SELECT \(Self.columns(commitTimestamps: false)) FROM cache_invalidation.events e
+            WHERE e.id > $1::int8 AND e.id <= $2::int8 AND \(acknowledged) AND e.kind = ANY($3::text[])
+            ORDER BY e.id LIMIT $4
+            """, [String(max(after, range.lowerBound - 1)), String(range.upperBound), knownKinds, String(limit)]))
+    }
+
     /// Of the ids notifications named, those the log has never held: forged or mistaken notifications.
     func missing(_ ids: [Int64]) throws(PostgresError) -> [Int64] {
         guard !ids.isEmpty else { return [] }

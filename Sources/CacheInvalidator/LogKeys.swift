@@ -13,6 +13,8 @@ public enum LogKey {
     public static let p99 = "lag_p99_ms"
     public static let max = "lag_max_ms"
     public static let slowEvents = "slow_events"
+    /// Keys the second deletion removed in the interval: cache fills that landed between the two deletions.
+    public static let refilled = "refilled"
     public static let postgres = "postgres"
     public static let redis = "redis"
     public static let target = "target"

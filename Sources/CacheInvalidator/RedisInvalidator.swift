@@ -20,24 +20,54 @@ struct RedisInvalidator {
     func execute(_ plan: InvalidationPlan) throws(RedisError) -> Outcome {
         var outcome = Outcome()
         if !plan.keyBytes.isEmpty {
-            var commands: [[[UInt8]]] = []
-            commands.reserveCapacity(plan.keyBytes.count / Self.keysPerCommand + 1)
-            var index = 0
-            while index < plan.keyBytes.count {
-                let end = min(index + Self.keysPerCommand, plan.keyBytes.count)
-                var command: [[UInt8]] = [deleteCommand.argument]
-                command.reserveCapacity(end - index + 1)
-                command.append(contentsOf: plan.keyBytes[index..<end])
-                commands.append(command)
-                index = end
-            }
-            outcome.removed += try confirm(connection.pipeline(commands))
+            outcome.removed += try confirm(connection.pipeline(commands(deleting: plan.keyBytes)))
         }
         for pattern in plan.patterns {
             outcome.removed += try deleteMatching(pattern)
             outcome.scanned += 1
         }
         return outcome
+    }
+
+    /// DEL/UNLINK commands for these keys, `keysPerCommand` at most in each.
+    private func commands(deleting keys: [[UInt8]]) -> [[[UInt8]]] {
+        var commands: [[[UInt8]]] = []
+        commands.reserveCapacity(keys.count / Self.keysPerCommand + 1)
+        var index = 0
+        while index < keys.count {
+            let end = min(index + Self.keysPerCommand, keys.count)
+            var command: [[UInt8]] = [deleteCommand.argument]
+            command.reserveCapacity(end - index + 1)
+            command.append(contentsOf: keys[index..<end])
+            commands.append(command)
+            index = end
+        }
+        return commands
+    }
+
+    /// Deletes the keys of these events again (patterns included), all exact keys in one
+    /// pipeline, and returns how many keys each kind's deletion removed: keys that were filled
+    /// again since the first deletion. Throws unless Redis confirmed every deletion.
+    func redelete(_ events: [InvalidationEvent], rules: RuleSet, prefix: String) throws(RedisError) -> [EventKind: Int64] {
+        var plans: [EventKind: InvalidationPlan] = [:]
+        for event in events { _ = rules.apply(event, prefix: prefix, to: &plans[event.kind, default: InvalidationPlan()]) }
+        var commands: [[[UInt8]]] = []
+        var owners: [EventKind] = []
+        for (kind, plan) in plans where !plan.keyBytes.isEmpty {
+            let deleting = self.commands(deleting: plan.keyBytes)
+            commands += deleting
+            owners += Array(repeating: kind, count: deleting.count)
+        }
+        var removed: [EventKind: Int64] = [:]
+        if !commands.isEmpty {
+            for (index, reply) in try connection.pipeline(commands).enumerated() {
+                removed[owners[index], default: 0] += try confirm([reply])
+            }
+        }
+        for (kind, plan) in plans {
+            for pattern in plan.patterns { removed[kind, default: 0] += try deleteMatching(pattern) }
+        }
+        return removed
     }
 
     private func deleteMatching(_ pattern: String) throws(RedisError) -> Int64 {

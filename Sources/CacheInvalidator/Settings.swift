@@ -25,6 +25,7 @@ public enum Setting: String, CaseIterable, Sendable {
     case redisTimeout = "redis-timeout"
     case reconnectMax = "reconnect-max"
     case retention = "retention"
+    case redeleteAfter = "redelete-after"
     case metricsAddress = "metrics-address"
     case warnBacklog = "warn-backlog"
     case warnAge = "warn-age"
@@ -54,6 +55,7 @@ public enum Setting: String, CaseIterable, Sendable {
         case .redisTimeout: return "2s"
         case .reconnectMax: return "10s"
         case .retention: return "24h"
+        case .redeleteAfter: return "1s"
         case .metricsAddress: return "127.0.0.1:9187"
         case .warnBacklog: return "10000"
         case .warnAge: return "60s"
@@ -75,6 +77,7 @@ public enum Setting: String, CaseIterable, Sendable {
         case .redisTimeout: return "Timeout of one Redis connect or round trip."
         case .reconnectMax: return "Longest wait between reconnection attempts (backoff is exponential with jitter)."
         case .retention: return "How long processed events stay in the log (audit, replay) before the worker deletes them; 0 keeps them forever."
+        case .redeleteAfter: return "Delete each event's keys again this long after the first deletion: removes a cache fill of a value read before the write committed that landed after the first deletion (the cache-aside race). 0 turns it off."
         case .metricsAddress: return "IP:PORT serving /metrics, /healthz and /readyz over HTTP, or off. 0.0.0.0:9187 exposes it on every interface."
         case .warnBacklog: return "Warn (each summary) while more events than this wait in the log."
         case .warnAge: return "Warn (each summary) while the oldest waiting event is older than this."
@@ -175,6 +178,11 @@ public struct SettingsResolver {
             throw ConfigurationError("\(origin(.retention)) is \(value(.retention)!.debugDescription); expected 0 (keep forever) or at least 1s, e.g. 24h or 7d")
         }
         config.retentionSeconds = retention / 1_000_000_000
+        let redelete = try duration(.redeleteAfter, minimum: 0)
+        guard redelete == 0 || (10_000_000...600_000_000_000).contains(redelete) else {
+            throw ConfigurationError("\(origin(.redeleteAfter)) is \(value(.redeleteAfter)!.debugDescription); expected 0 (off) or from 10ms to 10m, e.g. 1s")
+        }
+        config.redeleteAfterNanoseconds = redelete
         let backlog = value(.warnBacklog)!
         guard let warnBacklog = Int64(backlog), warnBacklog >= 0 else {
             throw ConfigurationError("\(origin(.warnBacklog)) is \(backlog.debugDescription); expected a whole number of events, e.g. 10000")

@@ -1,6 +1,7 @@
-import Foundation
 import Glibc
 import InvalidationCore
+import NIOCore
+import NIOPosix
 import Synchronization
 
 /// The build's version, for `--version` and `cache_invalidator_build_info`.
@@ -23,44 +24,76 @@ public struct Readiness: Sendable, Equatable {
     }
 }
 
-/// `GET /metrics`, `/healthz` and `/readyz` over HTTP/1.1, on a thread of its own: the worker
-/// blocks in libpq and hiredis on its thread, so a stuck database can stall the worker but never
-/// these answers (they read only the statistics).
+/// `GET /metrics`, `/healthz` and `/readyz` over HTTP/1.1, on an event-loop thread of its own
+/// (SwiftNIO): the worker blocks in libpq and hiredis on its thread, so a stuck database can
+/// stall the worker but never these answers (they read only the statistics).
 ///
-/// Deliberately small: one request per connection (`Connection: close`), heads of at most 8 KiB
-/// read within 2 s, one connection at a time. That is all a scraper and a probe need, and it
-/// keeps the runtime image free of anything but libpq and hiredis.
+/// Many clients at once: one request per connection (`Connection: close`), each connection with
+/// its own deadlines (the head within `Limits.headDeadline`, the answer and close within
+/// `Limits.answerDeadline`), heads of at most `HTTPRequestHead.maximumBytes`, and at most
+/// `Limits.maximumConnections` open (see `HTTPConnectionTable` for whom it drops when full). Idle
+/// sockets, port scanners and slow-loris clients therefore cost a slot each for two seconds,
+/// never a probe's answer.
 public final class StatusServer: Sendable {
     public let address: ListenAddress
-    private let listener: Int32
+    private let group: MultiThreadedEventLoopGroup
+    private let listener: any Channel
     private let stopped = Atomic<Bool>(false)
-    private let finished = DispatchSemaphore(value: 0)
-    private let statistics: WorkerStatistics
-    private let metrics: WorkerMetrics
-    static let readTimeoutSeconds = 2
+
+    /// Per-connection bounds. The defaults suit a scraper and a probe on loopback or a cluster
+    /// network; tests shorten them.
+    public struct Limits: Sendable {
+        /// From accept to the empty line ending the request head; then the connection is closed
+        /// unanswered. A probe sends its head in one packet at once.
+        public var headDeadline: Duration
+        /// From the head to the close: sending the answer, then waiting for the client to close
+        /// its end (a client that does not read its answer, or never closes, is cut off here).
+        public var answerDeadline: Duration
+        /// Open connections at most; see `HTTPConnectionTable` for the policy when full.
+        public var maximumConnections: Int
+
+        public init(headDeadline: Duration = .seconds(2), answerDeadline: Duration = .seconds(5), maximumConnections: Int = 256) {
+            self.headDeadline = headDeadline
+            self.answerDeadline = answerDeadline
+            self.maximumConnections = maximumConnections
+        }
+    }
 
     public struct StartError: Error, CustomStringConvertible {
         public var description: String
     }
 
     /// Binds and starts serving; throws, saying why, if the address cannot be used.
-    public static func start(address: ListenAddress, statistics: WorkerStatistics, metrics: WorkerMetrics) throws(StartError) -> StatusServer {
+    public static func start(address: ListenAddress, statistics: WorkerStatistics, metrics: WorkerMetrics, limits: Limits = Limits()) throws(StartError) -> StatusServer {
         let fd = try bind(address)
-        let server = StatusServer(address: address, listener: fd, statistics: statistics, metrics: metrics)
-        let thread = Thread { [server] in server.serve() }
-        thread.name = "status-http"
-        thread.stackSize = 1 << 20
-        thread.start()
-        return server
+        // One thread is plenty: an answer is rendered in well under a millisecond, and nothing
+        // here blocks. It is NIO's own thread, not Swift's cooperative pool.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let connections = StatusConnections(capacity: limits.maximumConnections)
+        let route: @Sendable (HTTPRequestHead) -> HTTPResponse = { head in Self.route(head, statistics: statistics, metrics: metrics) }
+        let bootstrap = ServerBootstrap(group: group)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // NIO accepts without SOCK_CLOEXEC: without this, a process spawned meanwhile
+                    // (the test fixtures' servers) would hold the socket open after we close it.
+                    _ = try channel.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { fcntl($0, F_SETFD, FD_CLOEXEC) }
+                    let handler = StatusConnectionHandler(admission: connections.admit(channel), connections: connections, limits: limits, route: route)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        do {
+            // Our own socket (close-on-exec, and refused with the reason above), served by NIO.
+            let listener = try bootstrap.withBoundSocket(fd).wait()
+            return StatusServer(address: address, group: group, listener: listener)
+        } catch {
+            // Not reached in practice (our listen succeeded); NIO owns the descriptor by now.
+            try? group.syncShutdownGracefully()
+            throw StartError(description: "cannot serve /metrics on \(address): \(error)")
+        }
     }
 
-    private init(address: ListenAddress, listener: Int32, statistics: WorkerStatistics, metrics: WorkerMetrics) {
-        self.address = address
-        self.listener = listener
-        self.statistics = statistics
-        self.metrics = metrics
-    }
-
+    /// A listening socket, close-on-exec, bound to `address`.
     private static func bind(_ address: ListenAddress) throws(StartError) -> Int32 {
         let family = address.family == .ipv4 ? AF_INET : AF_INET6
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -81,7 +114,8 @@ public final class StatusServer: Sendable {
             inet_pton(AF_INET6, address.ip, &sin6.sin6_addr)
             result = withUnsafePointer(to: &sin6) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
         }
-        if result == 0 { result = listen(fd, 64) }
+        // NIO calls listen again with its own backlog (128); this one makes a taken port fail here.
+        if result == 0 { result = listen(fd, 128) }
         guard result == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
@@ -90,76 +124,34 @@ public final class StatusServer: Sendable {
         return fd
     }
 
+    private init(address: ListenAddress, group: MultiThreadedEventLoopGroup, listener: any Channel) {
+        self.address = address
+        self.group = group
+        self.listener = listener
+    }
+
+    /// Stops listening, closes every open connection and ends the event-loop thread; returns once
+    /// it has. Idempotent. Must not be called from the server's own event loop.
     public func stop() {
         guard !stopped.exchange(true, ordering: .sequentiallyConsistent) else { return }
-        // Wakes the accept loop's poll; the thread closes the socket on its way out.
-        shutdown(listener, Int32(SHUT_RDWR))
-        _ = finished.wait(timeout: .now() + 3)
+        try? listener.close().wait()
+        // Closes the connections still open, then ends the thread.
+        try? group.syncShutdownGracefully()
     }
 
-    private func serve() {
-        defer { close(listener); finished.signal() }
-        while !stopped.load(ordering: .relaxed) {
-            var descriptor = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-            guard poll(&descriptor, 1, 500) > 0, !stopped.load(ordering: .relaxed) else { continue }
-            let client = accept(listener, nil, nil)
-            guard client >= 0 else { continue }
-            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
-            handle(client)
-            close(client)
-        }
-    }
-
-    private func handle(_ client: Int32) {
-        var timeout = timeval(tv_sec: Self.readTimeoutSeconds, tv_usec: 0)
-        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var request: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let deadline = Date().addingTimeInterval(Double(Self.readTimeoutSeconds))
-        while true {
-            switch HTTPRequestHead.parse(request) {
-            case .complete(let head):
-                respond(client, route(head))
-                return
-            case .refused(let status, let reason):
-                respond(client, (status, "text/plain", Array((reason + "\n").utf8)))
-                return
-            case .incomplete:
-                guard Date() < deadline else { return }
-                let n = recv(client, &buffer, buffer.count, 0)
-                guard n > 0 else { return }
-                request += buffer[0..<n]
-            }
-        }
-    }
-
-    private func route(_ head: HTTPRequestHead) -> (Int, String, [UInt8]) {
+    static func route(_ head: HTTPRequestHead, statistics: WorkerStatistics, metrics: WorkerMetrics) -> HTTPResponse {
         switch (head.method, head.path) {
         case ("GET", "/metrics"):
-            return (200, "text/plain; version=0.0.4; charset=utf-8", metrics.exposition(statistics.snapshot))
+            return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.exposition(statistics.snapshot))
         case ("GET", "/healthz"):
-            return (200, "text/plain", Array("ok\n".utf8))
+            return .text(200, "ok")
         case ("GET", "/readyz"):
             let readiness = Readiness.of(statistics.snapshot)
-            return (readiness.ready ? 200 : 503, "text/plain", Array((readiness.reason + "\n").utf8))
+            return .text(readiness.ready ? 200 : 503, readiness.reason)
         case (_, "/metrics"), (_, "/healthz"), (_, "/readyz"):
-            return (405, "text/plain", Array("only GET\n".utf8))
+            return .text(405, "only GET")
         default:
-            return (404, "text/plain", Array("not found; try /metrics, /healthz or /readyz\n".utf8))
-        }
-    }
-
-    private func respond(_ client: Int32, _ response: (status: Int, type: String, body: [UInt8])) {
-        let reasons = [200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large",
-                       503: "Service Unavailable", 505: "HTTP Version Not Supported"]
-        var bytes = Array("HTTP/1.1 \(response.status) \(reasons[response.status] ?? "Error")\r\nContent-Type: \(response.type)\r\nContent-Length: \(response.body.count)\r\nConnection: close\r\n\r\n".utf8)
-        bytes += response.body
-        var sent = 0
-        while sent < bytes.count {
-            let n = bytes.withUnsafeBytes { send(client, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { return }
-            sent += n
+            return .text(404, "not found; try /metrics, /healthz or /readyz")
         }
     }
 }

@@ -30,6 +30,13 @@ public struct WorkerConfiguration: Sendable {
     public var channel: String = "cache_invalidation"
     /// Processed events older than this are deleted from the log; 0 keeps them forever.
     public var retentionSeconds: UInt64 = 86_400
+    /// Each event's keys are deleted again this long after the first deletion (the cache-aside
+    /// race: a fill of a value read before the commit that lands after the first deletion); 0 off.
+    public var redeleteAfterNanoseconds: UInt64 = 1_000_000_000
+    /// Recorded events held in memory for the second deletion; past it, id ranges read back from the log.
+    public var redeleteMemoryEvents: Int = 50_000
+    /// How often, at most, a round of second deletions goes out: due events are batched.
+    public var redeleteBatchingNanoseconds: UInt64 = 10_000_000
     /// How often the worker verifies its triggers and prunes the log.
     public var maintenanceIntervalNanoseconds: UInt64 = 60_000_000_000
     /// The summary warns when more events than this are pending…

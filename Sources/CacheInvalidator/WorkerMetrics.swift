@@ -20,6 +20,7 @@ public final class WorkerMetrics: Sendable {
     private let batchEvents: ValueHistogram
     private let events: [String: Counter]
     private let keys: [String: Counter]
+    private let refilled: [String: Counter]
     private let counters: [(Counter, @Sendable (WorkerStatistics.Snapshot) -> UInt64)]
     private let gauges: [(Gauge, @Sendable (WorkerStatistics.Snapshot) -> Double)]
     private let redisCounters: [(Counter, @Sendable (RedisInfo) -> Double?)]
@@ -32,13 +33,15 @@ public final class WorkerMetrics: Sendable {
         let registry = self.registry
         lag = registry.makeValueHistogram(descriptor: Self.describe(p + "lag_seconds", "Commit (or trigger write, without track_commit_timestamp) to Redis confirming the deletion, per event"), buckets: Self.lagBuckets)
         batchEvents = registry.makeValueHistogram(descriptor: Self.describe(p + "batch_events", "Events per batch (one pipelined deletion round trip)"), buckets: Self.batchBuckets)
-        var events: [String: Counter] = [:], keys: [String: Counter] = [:]
+        var events: [String: Counter] = [:], keys: [String: Counter] = [:], refilled: [String: Counter] = [:]
         for kind in EventKind.allNames {
+            refilled[kind] = registry.makeCounter(descriptor: Self.describe(p + "refilled_keys_total", "Keys the second deletion (--redelete-after) removed, by event kind: cache fills that landed between the two deletions (stale ones, and fresh ones that cost a miss)"), labels: [("kind", kind)])
             events[kind] = registry.makeCounter(descriptor: Self.describe(p + "events_total", "Events invalidated and acknowledged, by event kind"), labels: [("kind", kind)])
             keys[kind] = registry.makeCounter(descriptor: Self.describe(p + "keys_total", "Keys sent to Redis for deletion, by event kind (before de-duplication within a batch)"), labels: [("kind", kind)])
         }
         self.events = events
         self.keys = keys
+        self.refilled = refilled
         func counter(_ name: String, _ help: String, _ read: @escaping @Sendable (WorkerStatistics.Snapshot) -> UInt64) -> (Counter, @Sendable (WorkerStatistics.Snapshot) -> UInt64) {
             (registry.makeCounter(descriptor: Self.describe(p + name, help)), read)
         }
@@ -56,6 +59,7 @@ public final class WorkerMetrics: Sendable {
             counter("slow_events_total", "Events slower than --slow-threshold, commit to deletion") { $0.slowEvents },
             counter("events_pruned_total", "Processed events deleted from the log past --retention") { $0.eventsPruned },
             counter("takeovers_total", "Times this worker became the active one") { $0.takeovers },
+            counter("redeleted_events_total", "Events whose keys were deleted a second time (--redelete-after)") { $0.redeletedEvents },
         ]
         func gauge(_ name: String, _ help: String, _ read: @escaping @Sendable (WorkerStatistics.Snapshot) -> Double) -> (Gauge, @Sendable (WorkerStatistics.Snapshot) -> Double) {
             (registry.makeGauge(descriptor: Self.describe(p + name, help)), read)
@@ -65,6 +69,7 @@ public final class WorkerMetrics: Sendable {
             gauge("backlog_events", "Unprocessed events in the log (updated every --summary-interval)") { Double($0.backlog) },
             gauge("oldest_unprocessed_age_seconds", "Age of the oldest unprocessed event (updated every --summary-interval)") { $0.oldestPendingAgeSeconds },
             gauge("event_log_bytes", "Size of cache_invalidation.events with its indexes (updated every --summary-interval)") { Double($0.logBytes) },
+            gauge("redelete_pending_events", "Events recorded for their second deletion and not yet deleted again (--redelete-after); past its memory bound the oldest are kept as id ranges, not counted here") { Double($0.redeletePending) },
             gauge("notification_queue_usage_ratio", "pg_notification_queue_usage(), 0 to 1; when full, notifying commits fail") { $0.queueUsage },
             gauge("missing_triggers", "Expected triggers missing or disabled at the last check (-1: not checked, e.g. on a standby)") { Double($0.missingTriggers) },
             gauge("schema_version", "Highest migration applied to the database at the last check (-1: not checked, or the version table is not readable by the worker's role)") { Double($0.schemaVersion) },
@@ -120,6 +125,8 @@ public final class WorkerMetrics: Sendable {
                 if newEvents > oldEvents { events[kind]?.increment(by: Int64(newEvents - oldEvents)) }
                 let newKeys = snapshot.keysByKind[kind, default: 0], oldKeys = last.snapshot.keysByKind[kind, default: 0]
                 if newKeys > oldKeys { keys[kind]?.increment(by: Int64(newKeys - oldKeys)) }
+                let newRefilled = snapshot.refilledKeysByKind[kind, default: 0], oldRefilled = last.snapshot.refilledKeysByKind[kind, default: 0]
+                if newRefilled > oldRefilled { refilled[kind]?.increment(by: Int64(newRefilled - oldRefilled)) }
             }
             for (gauge, read) in gauges { gauge.set(to: read(snapshot)) }
             if let info = snapshot.redisInfo {

@@ -47,6 +47,17 @@ public final class WorkerStatistics: Sendable {
         /// Times the worker switched to polling the log (writers stop notifying meanwhile).
         public var pollingEntries: UInt64 = 0
         public var polling = false
+        /// The active worker ended its last turn with work waiting (a drain due, named or
+        /// carried events): false once it has caught up.
+        public var workWaiting = false
+        /// Events whose keys were deleted a second time (`--redelete-after`).
+        public var redeletedEvents: UInt64 = 0
+        /// Keys the second deletion actually removed, by event kind: fills that landed between
+        /// the two deletions (the cache-aside race's footprint; a fresh fill counts too).
+        public var refilledKeysByKind: [String: UInt64] = [:]
+        public var refilledKeys: UInt64 = 0
+        /// Events recorded for a second deletion and not yet deleted again (ranges not counted).
+        public var redeletePending: Int = 0
         /// The cache's own figures from its last INFO (nil until read, or if INFO is not allowed).
         public var redisInfo: RedisInfo?
     }

@@ -33,6 +33,8 @@ struct Run: ParsableCommand {
     var reconnectMax: String?
     @Option(help: ArgumentHelp(.retention, valueName: "duration"))
     var retention: String?
+    @Option(help: ArgumentHelp(.redeleteAfter, valueName: "duration"))
+    var redeleteAfter: String?
     @Option(help: ArgumentHelp(.metricsAddress, valueName: "ip:port"))
     var metricsAddress: String?
     @Option(help: ArgumentHelp(.warnBacklog, valueName: "n"))
@@ -49,6 +51,7 @@ struct Run: ParsableCommand {
         flags[.redisTimeout] = redisTimeout
         flags[.reconnectMax] = reconnectMax
         flags[.retention] = retention
+        flags[.redeleteAfter] = redeleteAfter
         flags[.metricsAddress] = metricsAddress
         flags[.warnBacklog] = warnBacklog
         flags[.warnAge] = warnAge

@@ -29,7 +29,9 @@ struct RobustnessTests {
             $0.heartbeatIdleNanoseconds = 600_000_000_000
             $0.maintenanceIntervalNanoseconds = 600_000_000_000
         }
-        try harness.waitFor("listening, the log drained, notified") { $0.listening && $0.redisUp && $0.initialDrainDone && !$0.polling }
+        // Caught up: the read of the log that follows the new lead's settling is done, so each
+        // event below can only come from its notification.
+        try harness.waitFor("listening, notified, caught up") { $0.listening && $0.redisUp && $0.initialDrainDone && !$0.polling && !$0.workWaiting }
         try harness.seed(["tx:1:0xfirst", "tx:2:0xsecond"], redis: redis)
 
         // The first event's deletion waits in Redis, paused for writes.
@@ -56,7 +58,7 @@ struct RobustnessTests {
         try harness.waitUntilProcessed(timeout: 5)
         #expect(try harness.deleted(among: ["tx:1:0xfirst", "tx:2:0xsecond"], redis: redis) == ["tx:1:0xfirst", "tx:2:0xsecond"])
         let stats = harness.worker!.statistics.snapshot
-        #expect(stats.eventsFromNotifications == 2, "both events taken from their notifications, not found by a read of the log: \(stats.eventsFromNotifications)")
+        #expect(stats.eventsFromNotifications == 2, "both events taken from their notifications, not found by a read of the log: \(stats); worker log tail:\n\(harness.logTail)")
         #expect(stats.postgresConnects == 1 && stats.postgresErrors == 0 && stats.redisErrors == 0, "no timeout, no reconnect: \(stats)")
         harness.stopWorker()
     }
@@ -96,7 +98,9 @@ struct RobustnessTests {
     @Test func lockedEventLogDoesNotFreezeShutdown() throws {
         let harness = try Harness()
         harness.startWorker()
-        try harness.waitFor("listening, the log drained, notified") { $0.listening && $0.redisUp && $0.initialDrainDone && !$0.polling }
+        // Caught up: the read of the log that follows the new lead's settling is done, so each
+        // event below can only come from its notification.
+        try harness.waitFor("listening, notified, caught up") { $0.listening && $0.redisUp && $0.initialDrainDone && !$0.polling && !$0.workWaiting }
         try harness.seed(["tx:3:0xlocked"])
         // The bot's transaction writes the event and stays open; the DBA's LOCK queues behind it
         // and is granted the moment the bot commits, before the worker, notified by that commit,

@@ -8,15 +8,20 @@ import math
 import os
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from datetime import datetime, timezone
 
 import psycopg
 import redis
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import staleness  # noqa: E402  (the staleness phase's race, beside this file)
 
 sys.setswitchinterval(0.0001)  # the probe's listener thread must not wait 5 ms for the GIL
 
@@ -42,7 +47,13 @@ DRAIN_CHUNK = int(ENV["DRAIN_CHUNK"])
 SOAK_SECONDS = int(ENV["SOAK_SECONDS"])
 SOAK_RATE = int(ENV["SOAK_RATE"])
 SOAK_SAMPLE = int(ENV["SOAK_SAMPLE_SECONDS"])
-SKIP = {name: ENV.get("SKIP_" + name) == "1" for name in ("LAG", "BACKGROUND", "WRITE", "ROW_ONLY", "BOT_LATENCY", "DRAIN")}
+SKIP = {name: ENV.get("SKIP_" + name) == "1" for name in ("LAG", "BACKGROUND", "WRITE", "ROW_ONLY", "BOT_LATENCY", "STALENESS", "DRAIN")}
+STALENESS_SECONDS = int(ENV.get("STALENESS_SECONDS", "20"))
+STALENESS_RATE = int(ENV.get("STALENESS_RATE", "200"))
+STALENESS_WRITERS = int(ENV.get("STALENESS_WRITERS", "4"))
+STALENESS_REDELETE = ENV.get("STALENESS_REDELETE", "1s")
+STALENESS_SEED = int(ENV.get("STALENESS_SEED", "1"))
+STALENESS_TAIL_MS = int(ENV.get("STALENESS_TAIL_MS", "1000"))
 BOT_LATENCY_SECONDS = int(ENV.get("BOT_LATENCY_SECONDS", "5"))
 BOT_LATENCY_ROUNDS = int(ENV.get("BOT_LATENCY_ROUNDS", "3"))
 WRITE_PARTS = ENV.get("WRITE_PARTS") == "1"
@@ -60,7 +71,7 @@ MISS_SECONDS = 5.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PERCENTILES = [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999)]
 # The worker's settings that may come from the environment; recorded with the results.
-WORKER_VARS = ["BATCH_SIZE", "DELETE_COMMAND", "SUMMARY_INTERVAL", "SLOW_THRESHOLD", "RETENTION",
+WORKER_VARS = ["BATCH_SIZE", "DELETE_COMMAND", "SUMMARY_INTERVAL", "SLOW_THRESHOLD", "RETENTION", "REDELETE_AFTER",
                "REDIS_TIMEOUT", "RECONNECT_MAX", "LOG_LEVEL", "LOG_FORMAT", "RULES"]
 
 # The bot's settled trade: what the probe, the background load, the backlog and pgbench write.
@@ -189,10 +200,12 @@ class Worker:
         self.log_path = None
         self.runs = []
 
-    def start(self, phase):
+    def start(self, phase, env=None):
+        """`env`: variables for this run only, over the bench's own (the staleness phase's
+        REDELETE_AFTER: a variable, not a flag, so a binary without the setting still runs)."""
         assert self.proc is None
         self.log_path = os.path.join(RESULTS, f"worker-{phase}.log")
-        env = dict(os.environ, DATABASE_URL=DB, REDIS_URL=REDIS_URL, KEY_PREFIX=PREFIX)
+        env = dict(os.environ, DATABASE_URL=DB, REDIS_URL=REDIS_URL, KEY_PREFIX=PREFIX, **(env or {}))
         self.log = open(self.log_path, "w")
         self.started_at = time.perf_counter()
         self.proc = spawn([WORKER, "run"], "cache-invalidat", env=env, stdin=subprocess.DEVNULL,
@@ -266,6 +279,26 @@ def wait_drained(conn, timeout=300):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{left} events still pending after {timeout} s")
         time.sleep(0.2)
+
+
+def free_port():
+    """A loopback port nothing listens on now (for the worker's /metrics in the staleness phase)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape_counter(port, name):
+    """The sum of a counter's series on the worker's /metrics, or None (no such metric: a
+    worker without it, or /metrics not answering)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as f:
+            text = f.read().decode()
+    except Exception:
+        return None
+    values = [float(line.rsplit(None, 1)[1]) for line in text.splitlines()
+              if line.startswith(name) and (line[len(name):len(name) + 1] in ("{", " "))]
+    return int(sum(values)) if values else None
 
 
 # ================================================================ pgbench
@@ -486,7 +519,7 @@ class Bench:
     def __init__(self):
         self.conn = connect()
         self.worker = Worker()
-        self.results = {"meta": self.meta(), "lag": {}, "write_path": {}, "write_path_row_only": {}, "write_path_parts": {}, "bot_latency": {}, "drain": {}, "soak": None}
+        self.results = {"meta": self.meta(), "lag": {}, "write_path": {}, "write_path_row_only": {}, "write_path_parts": {}, "bot_latency": {}, "staleness": {}, "drain": {}, "soak": None}
         self.samples = {}
 
     def meta(self):
@@ -523,6 +556,9 @@ class Bench:
                       "SOAK_RATE": SOAK_RATE, "WRITE_PARTS": WRITE_PARTS, "PARTS_ROUNDS": PARTS_ROUNDS, "PARTS_SECONDS": PARTS_SECONDS,
                       "BOT_LATENCY_SECONDS": BOT_LATENCY_SECONDS,
                       "BOT_LATENCY_ROUNDS": BOT_LATENCY_ROUNDS, "SKIP": [k for k, v in SKIP.items() if v],
+                      "STALENESS_SECONDS": STALENESS_SECONDS, "STALENESS_RATE": STALENESS_RATE,
+                      "STALENESS_WRITERS": STALENESS_WRITERS, "STALENESS_REDELETE": STALENESS_REDELETE,
+                      "STALENESS_SEED": STALENESS_SEED, "STALENESS_TAIL_MS": STALENESS_TAIL_MS,
                       "PG_SETTINGS": ENV.get("PG_SETTINGS", "")},
         }
 
@@ -745,6 +781,90 @@ class Bench:
                 admin.execute(f"DROP DATABASE IF EXISTS parts_{name}")
             admin.close()
 
+    # ------------------------------------------------------------ staleness
+    def staleness(self):
+        """The cache-aside race, counted (see staleness.py): the same writes, schedule and fill
+        delays (one seed) against the worker without a second deletion (REDELETE_AFTER=0), the
+        worker with it (STALENESS_REDELETE), and the in-app design (no worker: the writer deletes
+        its own keys right after its COMMIT). Stale keys 3 s after their write, per million
+        writes, by when the racing fill landed; the fresh fills lost (extra misses); the
+        readers' GET latency."""
+        window = staleness.parse_duration(STALENESS_REDELETE)
+        check = staleness.check_seconds(window, STALENESS_TAIL_MS)
+        count = STALENESS_SECONDS * STALENESS_RATE
+        delays = staleness.fill_delays(count, STALENESS_SEED, STALENESS_TAIL_MS)
+        variants = [("worker_no_redelete", "0"), ("worker_redelete", STALENESS_REDELETE), ("in_app", None)]
+        race = staleness.Race(DB, REDIS_URL, PREFIX, TRADE_COLUMNS, TOKEN, lambda: _stopping)
+        r = redis.Redis.from_url(REDIS_URL)
+        notify = r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+        # K: keyspace channels; $: SET; g: DEL/UNLINK. Put back as it was at the end.
+        r.config_set("notify-keyspace-events", "K$g")
+        out = {"window_seconds": window, "check_seconds": check, "seed": STALENESS_SEED, "tail_ms": STALENESS_TAIL_MS,
+               "redelete_after": STALENESS_REDELETE, "variants": {},
+               "about": {
+                   "stale_per_million_writes": "keys still holding the value read before the COMMIT check_seconds after "
+                                               "the write; every write is raced by one reader, so per million raced writes",
+                   "by_fill": "when the racing SET landed (Redis's keyspace notifications, so in Redis's order): before "
+                              "the first deletion (the deletion of the event's tx key), within first deletion + "
+                              "window_seconds, after it; the same window in every variant",
+                   "fresh_fills_lost_per_write": "fills by a reader that read after the COMMIT (main_menu:{tid}, same "
+                                                 "delays) gone at the check; extra_misses_per_write: minus the "
+                                                 "REDELETE_AFTER=0 run's",
+                   "fresh_fills_deleted_again_per_write": "fresh fills that landed after the first deletion and were "
+                                                          "deleted later: the misses the second deletion causes",
+                   "first_deletion_ms": "COMMIT returned to the listener seeing the deletion (includes the Python "
+                                        "listener's own delay; the lag phase measures the lag itself)",
+                   "reader_get_ms": "the readers' GETs (both miss), Python client included",
+                   "worker_refilled_keys_total": "the worker's own count (/metrics) of keys its second deletion removed",
+               }}
+        self.results["staleness"] = out
+        samples = open(os.path.join(RESULTS, "staleness-samples.csv"), "w")
+        samples.write("variant,write,planned_delay_ms,fill_delay_ms,first_deletion_ms,bucket,stale,fresh_lost,second_deletion_after_first_ms\n")
+        try:
+            for number, (name, redelete) in enumerate(variants):
+                self.stop_worker()
+                if pending(self.conn):
+                    self.ensure_worker(f"staleness-{name}-predrain")
+                    self.stop_worker()
+                writes = race.prepare(self.conn, number, count, STALENESS_RATE, delays)
+                settle(self.conn, f"staleness-{name}")
+                metrics_port = None
+                if redelete is not None:
+                    metrics_port = free_port()
+                    self.worker.start(f"staleness-{name}", env={"REDELETE_AFTER": redelete,
+                                                                "METRICS_ADDRESS": f"127.0.0.1:{metrics_port}"})
+                    self.worker.wait_ready()
+                say(f"staleness: {name}: {count} settled trades at {STALENESS_RATE}/s, each raced by a reader "
+                    + (f"(worker, REDELETE_AFTER={redelete})" if redelete is not None else "(no worker: the writer deletes its own keys)"))
+                meter = Meter(self.worker, self.conn) if redelete is not None else None
+                result, rows = race.run(writes, STALENESS_RATE, STALENESS_WRITERS, in_app=(redelete is None),
+                                        window=window, check=check, delete_command=ENV.get("DELETE_COMMAND", "unlink"))
+                result["variant"] = name
+                result["redelete_after"] = redelete
+                if meter:
+                    wait_drained(self.conn)
+                    result["worker"] = meter.finish()
+                    result["worker_refilled_keys_total"] = scrape_counter(metrics_port, "cache_invalidator_refilled_keys_total")
+                    self.stop_worker()
+                result["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+                samples.writelines(f"{name},{','.join(str(x) for x in row)}\n" for row in rows)
+                out["variants"][name] = result
+                b = result["by_fill"]
+                say(f"staleness: {name}: {result['stale_keys']} stale keys of {result['writes']} writes "
+                    f"({result['stale_per_million_writes']} per million; fills before the first deletion "
+                    f"{b['before_first_deletion']['fills']}, within the window {b['within_window']['fills']}, after "
+                    f"{b['after_window']['fills']}), fresh fills lost {result['fresh_fills_lost']}, "
+                    f"second deletions seen {result['second_deletions_seen']}")
+            base = out["variants"].get("worker_no_redelete")
+            for name, v in out["variants"].items():
+                if base and name != "worker_no_redelete":
+                    v["extra_misses_per_write"] = round(v["fresh_fills_lost_per_write"] - base["fresh_fills_lost_per_write"], 4)
+        finally:
+            samples.close()
+            r.config_set("notify-keyspace-events", notify)
+        # The in-app run's events: drained before the next phase.
+        self.ensure_worker("staleness-drain")
+
     # ------------------------------------------------------------ drain
     def drain(self, size):
         self.stop_worker()
@@ -886,6 +1006,8 @@ class Bench:
                 self.bot_latency()
             if WRITE_PARTS:
                 self.write_path_parts()
+            if not SKIP["STALENESS"]:
+                self.staleness()
             if not SKIP["DRAIN"]:
                 for size in DRAIN_SIZES:
                     self.drain(size)
@@ -931,6 +1053,11 @@ def targets(res):
         s = res["soak"]
         add(f"RSS flat over {s['seconds']} s under load", "growth <= max(1 MB, 5 %)", round(s["rss_growth_kb"] / 1024, 2),
             s["flat"], "MB")
+    v = ((res.get("staleness") or {}).get("variants") or {}).get("worker_redelete")
+    if v:
+        w = v["by_fill"]["within_window"]
+        add(f"stale keys, fills within the window ({v['redelete_after']})", "= 0 per million writes",
+            w["stale_per_million_writes"], w["stale"] == 0, "per M")
     missed = sum(v["missed"] for v in lag.values())
     if lag:
         add("missed probes (key not deleted within 5 s)", "= 0", missed, missed == 0)
@@ -999,6 +1126,10 @@ def table(res):
                 lines.append(f"{rate if key.startswith('without') else '':>8}  {label:<34} {fmt(q['p50']):>8} {fmt(q['p90']):>8} "
                              f"{fmt(q['p99']):>8} {fmt(q['p99.9']):>8} {fmt(q['max']):>8}")
         lines.append("")
+    st = res.get("staleness") or {}
+    if st.get("variants"):
+        lines += staleness_table(st)
+        lines.append("")
     if res["drain"]:
         lines.append("Backlog drain (written with the worker stopped, then the worker started)")
         lines.append(f"{'events':>9} {'external/s':>11} {'worker own/s':>13} {'seconds':>8} {'CPU s/1k':>9} {'peak RSS MB':>12} {'written/s':>10}")
@@ -1019,6 +1150,60 @@ def table(res):
         verdict = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT MET")
         lines.append(f"  {t['target']:<46} {t['limit']:<26} {fmt(t['value']):>10} {t['unit']:<9} {verdict}")
     return "\n".join(lines)
+
+
+STALENESS_LABELS = {"worker_no_redelete": "worker, REDELETE_AFTER=0", "worker_redelete": "worker, REDELETE_AFTER={}",
+                    "in_app": "in-app (writer deletes)"}
+
+
+def staleness_table(st):
+    """The staleness section: stale keys per million writes, overall and by when the racing fill
+    landed; then what the second deletion costs (fresh fills lost) and the readers' GET."""
+    variants = st["variants"]
+    any_v = next(iter(variants.values()))
+    lines = [f"Staleness: cache-aside readers racing the bot's settles ({any_v['writes']} writes per variant at "
+             f"{any_v['rate_target']}/s, {any_v['writers']} writers, seed {st['seed']}); each write raced by one reader that "
+             f"read the trade before the COMMIT",
+             f"and SET portfolio:{{tid}} (no TTL) 1-200 ms after it (5 % 200-{st['tail_ms']} ms); a key still stale "
+             f"{st['check_seconds']:g} s after its write counts. Window = first deletion + {st['redelete_after']} in every row.",
+             f"{'':<28} {'stale keys per million writes, by when the fill landed':^61}   {'racing fills landing':^26}",
+             f"{'variant':<28} {'all':>10} {'<1st del':>10} {'in window':>10} {'after win':>10} {'unseen':>8}   "
+             f"{'<1st del':>8} {'in win':>8} {'after':>8}"]
+    for name, v in variants.items():
+        b = v["by_fill"]
+        label = STALENESS_LABELS.get(name, name).format(v.get("redelete_after"))
+        lines.append(f"{label:<28} {fmt(v['stale_per_million_writes']):>10} "
+                     f"{fmt(b['before_first_deletion']['stale_per_million_writes']):>10} "
+                     f"{fmt(b['within_window']['stale_per_million_writes']):>10} "
+                     f"{fmt(b['after_window']['stale_per_million_writes']):>10} "
+                     f"{fmt(b['first_deletion_unseen']['stale_per_million_writes']):>8}   "
+                     f"{b['before_first_deletion']['fills']:>8} {b['within_window']['fills']:>8} {b['after_window']['fills']:>8}")
+    lines.append("")
+    lines.append(f"{'':<28} {'fresh fills lost per write':^32} {'worker':>9} {'reader GET ms':^17} {'deletions, ms after COMMIT':^37}")
+    lines.append(f"{'variant':<28} {'all':>10} {'vs =0':>10} {'by 2nd del':>10} {'refilled':>9} {'p50':>8} {'p99':>8} "
+                 f"{'1st p50':>8} {'1st p99':>8} {'2nd seen':>9} {'2nd-1st':>10}")
+    for name, v in variants.items():
+        label = STALENESS_LABELS.get(name, name).format(v.get("redelete_after"))
+        g, f1, f2 = v["reader_get_ms"], v["first_deletion_ms"], v["second_deletion_after_first_ms"]
+        lines.append(f"{label:<28} {fmt(v['fresh_fills_lost_per_write'], 4):>10} {fmt(v.get('extra_misses_per_write'), 4):>10} "
+                     f"{fmt(v['fresh_fills_deleted_again_per_write'], 4):>10} "
+                     f"{fmt(v.get('worker_refilled_keys_total')):>9} {fmt(g['p50']):>8} {fmt(g['p99']):>8} "
+                     f"{fmt(f1['p50']):>8} {fmt(f1['p99']):>8} {v['second_deletions_seen']:>9} {fmt(f2['p50'], 1):>10}")
+    d = any_v["fill_delay_planned_ms"]
+    lines.append(f"fill delay after COMMIT (ms): planned p50 {fmt(d['p50'], 1)}, p90 {fmt(d['p90'], 1)}, p99 {fmt(d['p99'], 1)}, "
+                 f"max {fmt(d['max'], 1)}; the timer late by p50/p99 "
+                 + ", ".join(f"{fmt(v['fill_late_ms']['p50'], 1)}/{fmt(v['fill_late_ms']['p99'], 1)}" for v in variants.values())
+                 + " (per variant)")
+    lines.append("Every write is raced: stale per million = per million raced writes. Fresh fills (a reader after the COMMIT, main_menu:{tid},"
+                 " same delays), one per write: lost at the check; vs =0: minus REDELETE_AFTER=0's; by 2nd del: deleted after landing"
+                 " after the first deletion (the second deletion's misses; an upper bound, every key is re-read here).")
+    v = variants.get("worker_redelete")
+    if v and v["by_fill"]["within_window"]["fills"] and not v["second_deletions_seen"]:
+        lines.append("NOTE: no second deletion was seen: this worker binary does not delete again (REDELETE_AFTER unsupported?).")
+    late = [f"{name} {v['late_slots']}" for name, v in variants.items() if v["late_slots"]]
+    if late:
+        lines.append("late write slots (behind schedule by more than a writer's interval): " + ", ".join(late))
+    return lines
 
 
 # ================================================================ the plot
@@ -1132,6 +1317,8 @@ def main():
     say(f"results: {os.path.join(RESULTS, 'results.json')}")
     if bench.samples:
         say(f"plot:    {os.path.join(RESULTS, 'lag.svg')}")
+    if (res.get("staleness") or {}).get("variants"):
+        say(f"race:    {os.path.join(RESULTS, 'staleness-samples.csv')} (each raced write)")
     say(f"logs:    {RESULTS}/worker-*.log, pgbench-*.log, postgres.log")
     missed = sum(v["missed"] for v in res["lag"].values())
     if missed and ok:

@@ -46,6 +46,10 @@ extension Worker {
             let quietNotify = try log.hasQuietNotify()
             let privateChannel = try listenPrivately(log)
             if quietNotify { try endStalePollingHolders(log) }
+            // Whoever led before may have deleted keys whose second deletion is still owed.
+            if recent.isEnabled, let range = try log.recentlyAcknowledged(withinSeconds: Double(recent.delay) / 1e9 + 1) {
+                recent.seed(range, now: monotonicNanoseconds())
+            }
             active = ActiveSession(privateChannel: privateChannel, quietNotify: quietNotify ? paceSettings : nil,
                                    workBound: max(4 * config.batchSize, 10_000), now: monotonicNanoseconds())
         } catch {

@@ -135,6 +135,10 @@ extension Worker {
         metadata[LogKey.p50] = "\(formatMilliseconds(summary.p50Nanoseconds))"
         metadata[LogKey.p99] = "\(formatMilliseconds(summary.p99Nanoseconds))"
         metadata[LogKey.max] = "\(formatMilliseconds(summary.maxNanoseconds))"
+        if recent.isEnabled {
+            metadata[LogKey.refilled] = "\(reporting.refilledThisInterval)"
+            reporting.refilledThisInterval = 0
+        }
         metadata[LogKey.slowEvents] = "\(reporting.slowThisInterval)"
         reporting.slowThisInterval = 0
         metadata[LogKey.role] = "\(active != nil ? "active" : (session != nil ? "standby" : "none"))"

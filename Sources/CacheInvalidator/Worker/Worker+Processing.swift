@@ -230,6 +230,7 @@ extension Worker {
     /// lag, the slow warnings and the statistics take them in.
     func record(_ batch: ConfirmedBatch) {
         session?.active?.processed(ids: batch.events.map(\.id) + batch.undecodable)
+        recent.record(batch.events, now: monotonicNanoseconds())
         var byKind: [EventKind: UInt64] = [:]
         var slow = 0
         for (index, event) in batch.events.enumerated() {
@@ -263,6 +264,7 @@ extension Worker {
             s.batches += 1
             s.slowEvents += UInt64(slow)
             if batch.fromNotifications { s.eventsFromNotifications += UInt64(batch.events.count) }
+            s.redeletePending = recent.heldEvents
         }
     }
 

@@ -47,6 +47,9 @@ final class Worker {
     /// that session (and its leader lock) alive until its own keepalives notice.
     var abandonedBackendPID: Int32?
     var reporting: Reporting
+    /// The events deleted lately, for their second deletion (and the failover replays): kept
+    /// across Postgres sessions, since the keys are in Redis; seeded from the log by a new lead.
+    var recent: RecentDeletions
     /// What `publishState` last told other threads.
     private var published: PublishedState?
 
@@ -67,6 +70,7 @@ final class Worker {
         self.postgresPolicy = ReconnectPolicy(backoff: backoff, immediateRetryAfterUptimeNanoseconds: config.immediateReconnectAfterUptimeNanoseconds)
         self.redisPolicy = ReconnectPolicy(backoff: backoff, immediateRetryAfterUptimeNanoseconds: config.immediateReconnectAfterUptimeNanoseconds)
         self.reporting = Reporting(nextSummaryAt: monotonicNanoseconds() + config.summaryIntervalNanoseconds)
+        self.recent = RecentDeletions(delay: config.redeleteAfterNanoseconds, eventBound: config.redeleteMemoryEvents)
     }
 
     var stopping: Bool { stopRequested.isSet }
@@ -82,6 +86,7 @@ final class Worker {
             "key_prefix": "\(config.keyPrefix)",
             "delete_command": "\(config.deleteCommand.rawValue)",
             LogKey.batchSize: "\(config.batchSize)",
+            "redelete_after_ms": "\(config.redeleteAfterNanoseconds / 1_000_000)",
         ])
         while !stopping {
             let now = monotonicNanoseconds()
@@ -91,6 +96,8 @@ final class Worker {
             readNotifications()
             if canWork && active!.work.hasWork { processPending() }
             if canWork { pace() }
+            // Second deletions yield to first ones: only when nothing else is waiting.
+            if canWork, !active!.work.hasWork, let due = redeleteDueAt, monotonicNanoseconds() >= due { redeleteDue() }
             if monotonicNanoseconds() >= reporting.nextSummaryAt { logSummary() }
             if let due = active?.maintenanceAt, monotonicNanoseconds() >= due, !stopping { maintain() }
             if let session, monotonicNanoseconds() >= session.lastAnswerAt &+ config.heartbeatIdleNanoseconds, !stopping { heartbeat() }
@@ -111,7 +118,7 @@ final class Worker {
     func publishState() {
         let pace = active?.pace?.pace
         let state = PublishedState(postgresUp: session != nil, redisUp: invalidator != nil, active: active != nil,
-                                   polling: pace != nil && pace != .notified)
+                                   polling: pace != nil && pace != .notified, workWaiting: active?.work.hasWork ?? false)
         guard published != state else { return }
         published = state
         statistics.update {
@@ -121,6 +128,7 @@ final class Worker {
             // Only the active worker LISTENs.
             $0.listening = state.active
             $0.polling = state.polling
+            $0.workWaiting = state.workWaiting
         }
     }
 
@@ -130,7 +138,8 @@ final class Worker {
         handleBufferedNotifications()
         let now = monotonicNanoseconds()
         let wakeUp = WakeUp(session: session, summaryAt: reporting.nextSummaryAt, heartbeatIdleNanoseconds: config.heartbeatIdleNanoseconds,
-                            postgresRetryAt: postgresPolicy.retryAt, redisUp: invalidator != nil, redisRetryAt: redisPolicy.retryAt)
+                            postgresRetryAt: postgresPolicy.retryAt, redisUp: invalidator != nil, redisRetryAt: redisPolicy.retryAt,
+                            redeleteAt: redeleteDueAt)
         let timeout = wakeUp.timeout(now: now)
         if timeout == 0 && wakeUp.workWaiting { return }
         var descriptors: [Int32] = []
@@ -152,6 +161,7 @@ struct PublishedState: Equatable {
     var active: Bool
     /// Polling or settling (W held, or writers that skipped their NOTIFY maybe still open).
     var polling: Bool
+    var workWaiting: Bool
 }
 
 /// The worker's reporting state: the interval's figures and the warnings given once.
@@ -161,6 +171,8 @@ struct Reporting {
     /// Per-event slow warnings per summary interval; the rest are counted in the summary line.
     static let slowWarningsPerInterval = 20
     var slowThisInterval = 0
+    /// Keys the second deletion removed this interval (the summary's `refilled`).
+    var refilledThisInterval: Int64 = 0
     var announcedStandby = false
     var warnedPrivateChannelNotGranted = false
     var triggerCheckDenied = false

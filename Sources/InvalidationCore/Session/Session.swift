@@ -63,19 +63,25 @@ public struct WakeUp: Sendable, Equatable {
     public var pollAt: UInt64?
     /// Disconnected from Redis: when the next attempt is allowed.
     public var redisRetryAt: UInt64?
+    /// Active, Redis up: when the next round of second deletions is due.
+    public var redeleteAt: UInt64?
     /// Work is waiting that can be done now: do not sleep.
     public var workWaiting = false
 
     public init(summaryAt: UInt64) { self.summaryAt = summaryAt }
 
     /// The state's deadlines: what applies follows from the session alone.
-    public init<C>(session: Session<C>?, summaryAt: UInt64, heartbeatIdleNanoseconds: UInt64, postgresRetryAt: UInt64, redisUp: Bool, redisRetryAt: UInt64) {
+    public init<C>(session: Session<C>?, summaryAt: UInt64, heartbeatIdleNanoseconds: UInt64, postgresRetryAt: UInt64, redisUp: Bool, redisRetryAt: UInt64,
+                   redeleteAt: UInt64? = nil) {
         self.summaryAt = summaryAt
         if let session {
             heartbeatAt = session.lastAnswerAt &+ heartbeatIdleNanoseconds
             if let active = session.active {
                 maintenanceAt = active.maintenanceAt
-                if redisUp { pollAt = active.pace?.nextDeadline }
+                if redisUp {
+                    pollAt = active.pace?.nextDeadline
+                    self.redeleteAt = redeleteAt
+                }
                 workWaiting = redisUp && active.work.hasWork
             } else {
                 leadAttemptAt = session.nextLeadAttemptAt
@@ -88,7 +94,7 @@ public struct WakeUp: Sendable, Equatable {
 
     /// The earliest deadline.
     public var deadline: UInt64 {
-        [postgresRetryAt, heartbeatAt, leadAttemptAt, maintenanceAt, pollAt, redisRetryAt].reduce(summaryAt) { min($0, $1 ?? .max) }
+        [postgresRetryAt, heartbeatAt, leadAttemptAt, maintenanceAt, pollAt, redisRetryAt, redeleteAt].reduce(summaryAt) { min($0, $1 ?? .max) }
     }
 
     /// How long to sleep from `now`: zero when work is waiting or a deadline has passed.
