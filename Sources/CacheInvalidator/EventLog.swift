@@ -400,14 +400,23 @@ struct EventLog {
         return starts
     }
 
-    /// The ids of the events acknowledged within the last `seconds` (by any worker), as one range
-    /// (nil when there were none): what a new lead owes a second deletion. With the pending queue
-    /// the records `markAcknowledging` keeps bound it from below (one period of slack, so it may
-    /// hold a few events acknowledged up to two seconds earlier: deleting those again is harmless).
+    /// The ids of the events acknowledged within `seconds` before the last acknowledgement (by
+    /// any worker), as one range (nil when there were none): what a new lead owes a second
+    /// deletion, however long the log went without a leader. With the pending queue the records
+    /// `markAcknowledging` keeps (one a second while acknowledging) bound it from below, with one
+    /// period of slack: a few events acknowledged a little earlier may be deleted again too.
+    /// Before it, `processed_at` does (a scan of the log, once per takeover).
     func recentlyAcknowledged(withinSeconds seconds: Double) throws(PostgresError) -> ClosedRange<Int64>? {
+        let slack = Self.markPeriodNanoseconds / 1_000_000_000 + 1
         let low = queue
-            ? "SELECT min(a.min_id) FROM cache_invalidation.acknowledged a WHERE a.at >= now() - make_interval(secs => $1::float8 + \(Self.markPeriodNanoseconds / 1_000_000_000 + 1))"
-            : "SELECT min(e.id) FROM cache_invalidation.events e WHERE e.processed_at >= now() - make_interval(secs => $1::float8)"
+            ? """
+              SELECT min(a.min_id) FROM cache_invalidation.acknowledged a
+              WHERE a.at >= (SELECT max(at) FROM cache_invalidation.acknowledged) - make_interval(secs => $1::float8 + \(slack))
+              """
+            : """
+              SELECT min(e.id) FROM cache_invalidation.events e
+              WHERE e.processed_at >= (SELECT max(processed_at) FROM cache_invalidation.events) - make_interval(secs => $1::float8)
+              """
         let row = try connection.execute("SELECT (\(low)), (SELECT max(id) FROM cache_invalidation.events)", [String(seconds)]).rows.first
         guard let lowText = row?[0], let low = Int64(lowText), let highText = row?[1], let high = Int64(highText), low <= high else { return nil }
         return low...high

@@ -34,7 +34,7 @@ public struct WorkerConfiguration: Sendable {
     /// race: a fill of a value read before the commit that lands after the first deletion); 0 off.
     public var redeleteAfterNanoseconds: UInt64 = 1_000_000_000
     /// Recorded events held in memory for the second deletion; past it, id ranges read back from the log.
-    public var redeleteMemoryEvents: Int = 50_000
+    public var redeleteMemoryEvents: Int = 4_096
     /// How often, at most, a round of second deletions goes out: due events are batched.
     public var redeleteBatchingNanoseconds: UInt64 = 10_000_000
     /// How often the worker verifies its triggers and prunes the log.

@@ -193,7 +193,7 @@ struct PaceMachineTests {
     @Test func wIsHeldExactlyWhilePolling() {
         var pace = PaceMachine(settings: Self.settings, now: 0)
         var held = 0  // how many times this session holds W (the lock is re-entrant)
-        var generator = SplitMix(seed: 7)
+        var generator = SeededGenerator(seed: 7)
         var now: UInt64 = 0
         var id: Int64 = 0
         var busy = false
@@ -233,18 +233,5 @@ struct PaceMachineTests {
         }
         #expect(visits.count == 3 && visits.values.allSatisfy { $0 > 300 }, "the walk visits every pace: \(visits)")
         #expect(settlingTakes > 10, "W taken back while settling \(settlingTakes) times")
-    }
-}
-
-/// A small deterministic generator for the random walks.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

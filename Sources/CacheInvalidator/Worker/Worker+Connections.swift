@@ -46,10 +46,7 @@ extension Worker {
             let quietNotify = try log.hasQuietNotify()
             let privateChannel = try listenPrivately(log)
             if quietNotify { try endStalePollingHolders(log) }
-            // Whoever led before may have deleted keys whose second deletion is still owed.
-            if recent.isEnabled, let range = try log.recentlyAcknowledged(withinSeconds: Double(recent.delay) / 1e9 + 1) {
-                recent.seed(range, now: monotonicNanoseconds())
-            }
+            try seedOwedSecondDeletions(log)
             active = ActiveSession(privateChannel: privateChannel, quietNotify: quietNotify ? paceSettings : nil,
                                    workBound: max(4 * config.batchSize, 10_000), now: monotonicNanoseconds())
         } catch {
@@ -101,6 +98,21 @@ extension Worker {
             // A fast path lost, nothing else: the public channel still names every event.
             logger.error("cannot listen on the private channel; every event is read from the log after its notification (one more round trip of lag)", metadata: [LogKey.error: "\(error)"])
             return nil
+        }
+    }
+
+    /// Whoever led before may have deleted keys whose second deletion is still owed: read from
+    /// the log what it acknowledged within the window before it stopped.
+    private func seedOwedSecondDeletions(_ log: EventLog) throws(PostgresError) {
+        guard recent.isEnabled else { return }
+        do {
+            if let range = try log.recentlyAcknowledged(withinSeconds: Double(recent.delay) / 1e9 + 1) {
+                recent.seed(range, now: monotonicNanoseconds())
+            }
+        } catch where error.sqlState == "42501" {
+            // Not a reason to stop invalidating: only the previous leader's owed second
+            // deletions are lost (this worker's own are kept in memory).
+            logger.warning("cannot read what the previous leader acknowledged; second deletions it still owed are skipped. Re-apply deploy/postgres/roles.sql (GRANT SELECT ON cache_invalidation.acknowledged)", metadata: [LogKey.error: "\(error)"])
         }
     }
 

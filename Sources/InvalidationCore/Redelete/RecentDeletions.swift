@@ -33,7 +33,7 @@ public struct RecentDeletions: Sendable {
     /// Events held in `entries` (ranges count as none).
     public private(set) var heldEvents = 0
 
-    public init(delay: UInt64, eventBound: Int = 50_000) {
+    public init(delay: UInt64, eventBound: Int = 4_096) {
         self.delay = delay
         self.eventBound = max(1, eventBound)
     }
