@@ -405,7 +405,8 @@ struct EventLog {
     /// deletion, however long the log went without a leader. With the pending queue the records
     /// `markAcknowledging` keeps (one a second while acknowledging) bound it from below, with one
     /// period of slack: a few events acknowledged a little earlier may be deleted again too.
-    /// Before it, `processed_at` does (a scan of the log, once per takeover).
+    /// Before it, `processed_at` does, within the last minute only (`created_at` bounds the scan
+    /// through its BRIN index; there is no index on `processed_at`).
     func recentlyAcknowledged(withinSeconds seconds: Double) throws(PostgresError) -> ClosedRange<Int64>? {
         let slack = Self.markPeriodNanoseconds / 1_000_000_000 + 1
         let low = queue
@@ -415,7 +416,8 @@ struct EventLog {
               """
             : """
               SELECT min(e.id) FROM cache_invalidation.events e
-              WHERE e.processed_at >= (SELECT max(processed_at) FROM cache_invalidation.events) - make_interval(secs => $1::float8)
+              WHERE e.created_at >= now() - make_interval(secs => $1::float8 + 60)
+                AND e.processed_at >= now() - make_interval(secs => $1::float8 + 60)
               """
         let row = try connection.execute("SELECT (\(low)), (SELECT max(id) FROM cache_invalidation.events)", [String(seconds)]).rows.first
         guard let lowText = row?[0], let low = Int64(lowText), let highText = row?[1], let high = Int64(highText), low <= high else { return nil }

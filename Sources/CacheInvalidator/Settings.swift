@@ -183,6 +183,11 @@ public struct SettingsResolver {
             throw ConfigurationError("\(origin(.redeleteAfter)) is \(value(.redeleteAfter)!.debugDescription); expected 0 (off) or from 10ms to 10m, e.g. 1s")
         }
         config.redeleteAfterNanoseconds = redelete
+        // Events kept only as ids are read back from the log for their second deletion: the log
+        // must still hold them then.
+        guard retention == 0 || redelete == 0 || retention >= redelete + 60_000_000_000 else {
+            throw ConfigurationError("\(origin(.retention)) (\(value(.retention)!)) must be at least a minute longer than \(origin(.redeleteAfter)) (\(value(.redeleteAfter)!)): processed events are read back from the log for their second deletion. Raise RETENTION, or set REDELETE_AFTER=0")
+        }
         let backlog = value(.warnBacklog)!
         guard let warnBacklog = Int64(backlog), warnBacklog >= 0 else {
             throw ConfigurationError("\(origin(.warnBacklog)) is \(backlog.debugDescription); expected a whole number of events, e.g. 10000")

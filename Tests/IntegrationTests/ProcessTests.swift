@@ -101,6 +101,9 @@ struct ProcessTests {
         (["run"], ["DATABASE_URL": "postgres://h/db", "DELETE_COMMAND": "flushall"], "expected del or unlink"),
         (["run"], ["DATABASE_URL": "postgres://h/db", "LOG_LEVEL": "loud"], "LOG_LEVEL is \"loud\""),
         (["run"], ["DATABASE_URL": "postgres://h/db", "RETENTION": "forever"], "RETENTION is \"forever\""),
+        (["run"], ["DATABASE_URL": "postgres://h/db", "REDELETE_AFTER": "soon"], "REDELETE_AFTER is \"soon\""),
+        (["run", "--redelete-after", "20m"], ["DATABASE_URL": "postgres://h/db"], "--redelete-after is \"20m\"; expected 0 (off) or from 10ms to 10m"),
+        (["run"], ["DATABASE_URL": "postgres://h/db", "RETENTION": "30s"], "RETENTION (30s) must be at least a minute longer than default of --redelete-after (1s)"),
         (["run", "--rules", "/nonexistent/rules.json"], ["DATABASE_URL": "postgres://h/db"], "/nonexistent/rules.json: cannot be read"),
     ] as [([String], [String: String], String)])
     func badConfigurationIsRefusedClearly(_ arguments: [String], _ environment: [String: String], _ expected: String) throws {
@@ -129,7 +132,7 @@ struct ProcessTests {
         // The help text is wrapped to the terminal width; compare with whitespace folded.
         let folded = outcome.output.split(whereSeparator: \.isWhitespace).joined(separator: " ")
         for variable in ["DATABASE_URL", "REDIS_URL", "KEY_PREFIX", "RULES", "DELETE_COMMAND", "BATCH_SIZE", "SLOW_THRESHOLD",
-                         "SUMMARY_INTERVAL", "REDIS_TIMEOUT", "RECONNECT_MAX", "RETENTION", "LOG_LEVEL", "LOG_FORMAT"] {
+                         "SUMMARY_INTERVAL", "REDIS_TIMEOUT", "RECONNECT_MAX", "RETENTION", "REDELETE_AFTER", "LOG_LEVEL", "LOG_FORMAT"] {
             #expect(folded.contains("env: \(variable)"), "--help does not mention \(variable)")
         }
     }

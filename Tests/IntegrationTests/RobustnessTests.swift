@@ -70,12 +70,14 @@ struct RobustnessTests {
     @Test func rowsReceivedConcurrentlyOutlastTheCallersWork() throws {
         let harness = try Harness(migrate: false)
         let connection = try PGConnection(conninfo: harness.databaseURL)
-        try connection.execute("SET statement_timeout = '300ms'")
+        // 2 s: producing and sending 40 MB takes a few hundred ms when read as it comes, more on a
+        // loaded CI machine (300 ms once timed out there); a blocked server still hits it.
+        try connection.execute("SET statement_timeout = '2s'")
         try connection.prepare("big", "SELECT repeat('x', 1000000) FROM generate_series(1, 40)", parameterCount: 0)
         try connection.send(prepared: "big", [])
-        // The caller's work, 1.5 s of it: time itself is the subject (longer than the 300 ms
+        // The caller's work, 5 s of it: time itself is the subject (longer than the 2 s
         // statement_timeout that a blocked server's wait counts against).
-        usleep(1_500_000)
+        usleep(5_000_000)
         do {
             let rows = try connection.receive()
             Issue.record("read after the work, \(rows.rows.count) rows arrived: the socket buffers held 40 MB?")
@@ -84,7 +86,7 @@ struct RobustnessTests {
         }
         try connection.send(prepared: "big", [])
         let pending = connection.receiveConcurrently()
-        usleep(1_500_000)  // the same work, as long: time is the subject here too
+        usleep(5_000_000)  // the same work, as long: time is the subject here too
         let rows = try pending.wait()
         #expect(rows.rows.count == 40)
         #expect(rows.rows.allSatisfy { $0[0]?.utf8.count == 1_000_000 })

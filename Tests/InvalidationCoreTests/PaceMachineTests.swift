@@ -56,6 +56,31 @@ struct PaceMachineTests {
         #expect(pace.nextDeadline == nil, "notified: nothing to do until events come")
     }
 
+    /// A long transaction holding G keeps the worker settling: its empty polls back off to a
+    /// ceiling instead of hammering the log, and an event found starts over at the fast interval.
+    @Test func emptyPollsWhileSettlingBackOff() {
+        var pace = PaceMachine(settings: Self.settings, now: 0)
+        var now: UInt64 = 0
+        var intervals: [UInt64] = []
+        for _ in 0..<12 {
+            #expect(pace.tick(now: now) != nil)
+            _ = pace.polled(.init(ids: []), now: now)
+            let settled = pace.gProbed(free: false, now: now)
+            #expect(!settled)
+            intervals.append(pace.nextPollAt - now)
+            now = pace.nextPollAt
+        }
+        let fast: UInt64 = 200_000
+        let expected: [UInt64] = [fast, 2 * fast, 4 * fast, 8 * fast]
+        #expect(Array(intervals.prefix(4)) == expected)
+        #expect(intervals.last == PaceMachine.settlingPollCeiling)
+        _ = pace.tick(now: now)
+        _ = pace.polled(.init(ids: [1]), now: now)
+        _ = pace.tick(now: now)
+        _ = pace.polled(.init(ids: []), now: now)
+        #expect(pace.nextPollAt - now == Self.ms / 5, "found: fast again")
+    }
+
     // MARK: Notified
 
     @Test func enoughEventsInOneWindowAskForW() {

@@ -41,8 +41,8 @@ struct RecentDeletionsTests {
         recent.record(Self.events(1...10), now: 0)
         recent.record(Self.events(11...20), now: 1)
         #expect(recent.heldEvents == 10)
-        // A range is paged from the log: a round of its own.
-        #expect(recent.takeDue(now: 10, limit: 1_000).map(\.content) == [.range(1...10)])
+        // Ids are paged from the log: a round ends with them.
+        #expect(recent.takeDue(now: 10, limit: 1_000).map(\.content) == [.ranges([1...10])])
         #expect(recent.takeDue(now: 10, limit: 1_000).map(\.content) == [.events(Self.events(11...20))])
     }
 
@@ -51,10 +51,20 @@ struct RecentDeletionsTests {
         var recent = RecentDeletions(delay: 100)
         recent.record(Self.events(1...2), now: 50)
         recent.seed(1...500, now: 0)
-        #expect(recent.takeDue(now: 100, limit: 10).map(\.content) == [.range(1...500)], "due in order, whatever the order recorded")
+        #expect(recent.takeDue(now: 100, limit: 10).map(\.content) == [.ranges([1...500])], "due in order, whatever the order recorded")
         recent.record(Self.events(3...3), now: 60)
         recent.replayAll(now: 70)
         #expect(recent.takeDue(now: 70, limit: 100).count == 2)
+    }
+
+    /// A batch's ids become contiguous runs: a stray low id (a late commit) does not widen them
+    /// to every id between.
+    @Test func idsPastTheBoundKeepTheirRuns() {
+        #expect(RecentDeletions.runs([50_003, 100, 50_001, 50_002, 50_000, 7, 8]) == [7...8, 100...100, 50_000...50_003])
+        var recent = RecentDeletions(delay: 1, eventBound: 1)
+        recent.record(Self.events(50_000...50_002) + Self.events(100...100), now: 0)
+        recent.record(Self.events(60_000...60_000), now: 0)
+        #expect(recent.takeDue(now: 5, limit: 10).map(\.content) == [.ranges([100...100, 50_000...50_002])])
     }
 
     @Test func whatFailedIsPutBackAndDueAtOnce() {

@@ -101,18 +101,26 @@ extension Worker {
         }
     }
 
+    static let maximumSeededIDs = 100_000
+
     /// Whoever led before may have deleted keys whose second deletion is still owed: read from
     /// the log what it acknowledged within the window before it stopped.
     private func seedOwedSecondDeletions(_ log: EventLog) throws(PostgresError) {
         guard recent.isEnabled else { return }
         do {
-            if let range = try log.recentlyAcknowledged(withinSeconds: Double(recent.delay) / 1e9 + 1) {
-                recent.seed(range, now: monotonicNanoseconds())
+            guard var range = try log.recentlyAcknowledged(withinSeconds: Double(recent.delay) / 1e9 + 1) else { return }
+            // A late commit's low id, or a drained backlog, can widen the range to far more than
+            // a window's worth: the newest ids are the ones a racing fill can follow.
+            if range.count > Self.maximumSeededIDs {
+                logger.warning("the second deletions owed by the previous leader span more ids than one takeover deletes again; only the newest are", metadata: [
+                    LogKey.events: "\(range.count)", "limit": "\(Self.maximumSeededIDs)"])
+                range = (range.upperBound - Int64(Self.maximumSeededIDs) + 1)...range.upperBound
             }
-        } catch where error.sqlState == "42501" {
+            recent.seed(range, now: monotonicNanoseconds())
+        } catch where error.code == .queryFailed {
             // Not a reason to stop invalidating: only the previous leader's owed second
             // deletions are lost (this worker's own are kept in memory).
-            logger.warning("cannot read what the previous leader acknowledged; second deletions it still owed are skipped. Re-apply deploy/postgres/roles.sql (GRANT SELECT ON cache_invalidation.acknowledged)", metadata: [LogKey.error: "\(error)"])
+            logger.warning("cannot read what the previous leader acknowledged; second deletions it still owed are skipped (a role without SELECT on cache_invalidation.acknowledged: re-apply deploy/postgres/roles.sql)", metadata: [LogKey.error: "\(error)"])
         }
     }
 

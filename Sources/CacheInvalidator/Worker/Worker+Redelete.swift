@@ -5,56 +5,69 @@ import RedisClient
 
 // The second deletion: each event's keys are deleted again `--redelete-after` after the first,
 // which removes a cache fill of a value read before the write committed that landed after the
-// first deletion. `RecentDeletions` decides what is due; this executes it, after first
-// deletions, batched into one pipeline per round.
+// first deletion. `RecentDeletions` decides what is due; this executes it, one round per turn of
+// the loop, after first deletions.
 extension Worker {
     /// When the next round may go out: the oldest entry's due time, plus a short batching delay
     /// so that one round carries the events of many batches.
     var redeleteDueAt: UInt64? { recent.nextDue.map { $0 &+ config.redeleteBatchingNanoseconds } }
 
-    /// Deletes the keys of the due events again. Entries reduced to id ranges are read back from
-    /// the log page by page, with first deletions done between pages. If a server fails, what was
-    /// taken is put back and is due at once when both are back.
+    /// A round of second deletions may go out now: one is due, and no first deletion waits. In
+    /// the polling pace a poll that found events is due again at once; the round then waits for
+    /// a poll that finds nothing, but never more than `redeleteMaximumDeferral` past its time.
+    func redeleteMayGo(now: UInt64) -> Bool {
+        guard canWork, let active, !active.work.hasWork, let due = redeleteDueAt, now >= due else { return false }
+        if let pollAt = active.pace?.nextDeadline, pollAt <= now, now &- due < Self.redeleteMaximumDeferral { return false }
+        return true
+    }
+
+    static let redeleteMaximumDeferral: UInt64 = 100_000_000
+
+    /// One round: the due events held in memory in one pipeline, and at most one page of those
+    /// kept as id runs (read back from the log). What is not done (a failure, the rest of a run)
+    /// is put back, due at once; what is done is never redone.
     func redeleteDue() {
         let taken = recent.takeDue(now: monotonicNanoseconds(), limit: config.batchSize)
         guard !taken.isEmpty else { return }
         var events: [InvalidationEvent] = []
-        var ranges: [ClosedRange<Int64>] = []
+        var paged: RecentDeletions.Entry?
         for entry in taken {
             switch entry.content {
             case .events(let list): events += list
-            case .range(let range): ranges.append(range)
+            case .ranges: paged = entry
             }
         }
         do {
-            if !events.isEmpty { try redelete(events) }
-            for range in ranges {
-                var after = range.lowerBound - 1
-                while true {
-                    guard let log = session?.connection.log else { throw PostgresError(code: .connectionLost, message: "not connected") }
-                    let page = try log.acknowledgedEvents(in: range, after: after, limit: config.batchSize)
-                    postgresRoundTripSucceeded()
-                    try redelete(page.events)
-                    guard page.rowCount >= config.batchSize else { break }
-                    after = page.maxID
-                    // A long range must not hold first deletions back.
-                    readNotifications()
-                    if canWork && active!.work.hasWork { processPending() }
-                }
-            }
-        } catch let error as RedisError {
-            recent.putBack(taken)
-            redisFailed(error)
-        } catch let error as PostgresError {
-            recent.putBack(taken)
-            postgresFailed(error)
+            try redelete(events)
         } catch {
             recent.putBack(taken)
+            redisFailed(error)
+            return
+        }
+        guard let entry = paged, case .ranges(var runs) = entry.content, let run = runs.first else { return }
+        do {
+            guard let log = session?.connection.log else {
+                recent.putBack([entry])
+                return
+            }
+            let page = try log.acknowledgedEvents(in: run, after: run.lowerBound - 1, limit: config.batchSize)
+            postgresRoundTripSucceeded()
+            try redelete(page.events)
+            runs.removeFirst()
+            if page.rowCount >= config.batchSize && page.maxID < run.upperBound { runs.insert((page.maxID + 1)...run.upperBound, at: 0) }
+            if !runs.isEmpty { recent.putBack([RecentDeletions.Entry(due: entry.due, content: .ranges(runs))]) }
+        } catch let error as PostgresError {
+            recent.putBack([entry])
+            postgresFailed(error)
+        } catch let error as RedisError {
+            recent.putBack([entry])
+            redisFailed(error)
+        } catch {
+            recent.putBack([entry])
         }
     }
 
-    /// One pipeline of second deletions, counted as soon as Redis confirmed it (so a long range
-    /// shows its progress).
+    /// One pipeline of second deletions, counted as soon as Redis confirmed it.
     private func redelete(_ events: [InvalidationEvent]) throws(RedisError) {
         guard !events.isEmpty else { return }
         guard let invalidator else { throw RedisError(code: .connectionLost, message: "not connected") }

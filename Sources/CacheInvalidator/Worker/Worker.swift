@@ -97,7 +97,7 @@ final class Worker {
             if canWork && active!.work.hasWork { processPending() }
             if canWork { pace() }
             // Second deletions yield to first ones: only when nothing else is waiting.
-            if canWork, !active!.work.hasWork, let due = redeleteDueAt, monotonicNanoseconds() >= due { redeleteDue() }
+            if redeleteMayGo(now: monotonicNanoseconds()) { redeleteDue() }
             if monotonicNanoseconds() >= reporting.nextSummaryAt { logSummary() }
             if let due = active?.maintenanceAt, monotonicNanoseconds() >= due, !stopping { maintain() }
             if let session, monotonicNanoseconds() >= session.lastAnswerAt &+ config.heartbeatIdleNanoseconds, !stopping { heartbeat() }

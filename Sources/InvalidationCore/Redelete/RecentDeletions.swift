@@ -8,7 +8,7 @@
 ///   recorded is made due at once (`replayAll`).
 ///
 /// Each entry holds the events themselves (re-rendered into keys when due, patterns included),
-/// up to `eventBound` events in all. Past the bound the oldest entries keep only the id range they
+/// up to `eventBound` events in all. Past the bound the oldest entries keep only the ids they
 /// cover, and their events are read back from the log when due: memory stays bounded whatever
 /// the rate, and nothing is dropped. A worker that takes over seeds the record from the log
 /// (`seed`), so the second deletion survives a crash or a takeover.
@@ -16,13 +16,18 @@ public struct RecentDeletions: Sendable {
     public enum Content: Sendable, Equatable {
         /// The events, as the first deletion rendered them.
         case events([InvalidationEvent])
-        /// Only the id range: read the acknowledged events in it back from the log.
-        case range(ClosedRange<Int64>)
+        /// Only the ids, as contiguous runs: the acknowledged events in them are read back from
+        /// the log, a page per round.
+        case ranges([ClosedRange<Int64>])
     }
 
     public struct Entry: Sendable, Equatable {
         public var due: UInt64
         public var content: Content
+        public init(due: UInt64, content: Content) {
+            self.due = due
+            self.content = content
+        }
     }
 
     /// How long after the first deletion the second is due; 0 records nothing.
@@ -58,7 +63,7 @@ public struct RecentDeletions: Sendable {
     /// previous leader's first deletion left open.
     public mutating func seed(_ range: ClosedRange<Int64>, now: UInt64) {
         guard isEnabled else { return }
-        append(Entry(due: now &+ delay, content: .range(range)))
+        append(Entry(due: now &+ delay, content: .ranges([range])))
     }
 
     /// A failover: every recorded entry is due now.
@@ -67,7 +72,7 @@ public struct RecentDeletions: Sendable {
     }
 
     /// Takes the entries due at `now`, oldest first, until they hold at least `limit` events
-    /// (a range counts as `limit`: it is paged from the log).
+    /// (ranges count as `limit`: one page of them is read from the log per round).
     public mutating func takeDue(now: UInt64, limit: Int) -> [Entry] {
         var taken: [Entry] = []
         var events = 0
@@ -78,7 +83,7 @@ public struct RecentDeletions: Sendable {
             case .events(let list):
                 events += list.count
                 heldEvents -= list.count
-            case .range:
+            case .ranges:
                 events += limit
             }
             taken.append(entry)
@@ -107,12 +112,26 @@ public struct RecentDeletions: Sendable {
     private mutating func enforceBound() {
         var index = head
         while heldEvents > eventBound && index < entries.count {
-            if case .events(let list) = entries[index].content, let low = list.map(\.id).min(), let high = list.map(\.id).max() {
-                entries[index].content = .range(low...high)
+            if case .events(let list) = entries[index].content {
+                entries[index].content = .ranges(Self.runs(list.map(\.id)))
                 heldEvents -= list.count
             }
             index += 1
         }
+    }
+
+    /// Ids as contiguous runs: a batch's ids are mostly consecutive, and a stray low id (a late
+    /// commit) must not widen the range to everything between.
+    static func runs(_ ids: [Int64]) -> [ClosedRange<Int64>] {
+        var runs: [ClosedRange<Int64>] = []
+        for id in ids.sorted() {
+            if let last = runs.last, id <= last.upperBound + 1 {
+                runs[runs.count - 1] = last.lowerBound...max(last.upperBound, id)
+            } else {
+                runs.append(id...id)
+            }
+        }
+        return runs
     }
 
     private mutating func compact() {

@@ -85,6 +85,11 @@ public struct PaceMachine: Sendable, Equatable {
     /// Left polling because the rate fell, not because the log went quiet: settling then does
     /// not go back to polling for the next event (a steady stream would flip the pace).
     private var leftForRate = false
+    /// Empty polls in a row while settling: the interval doubles with each, up to
+    /// `settlingPollCeiling`, so a long transaction holding G (a DBA's bulk update) does not get
+    /// the log polled thousands of times a second.
+    private var emptySettlingPolls = 0
+    public static let settlingPollCeiling: UInt64 = 10_000_000
 
     /// A worker that just took the lead starts settling: a writer may have skipped its NOTIFY
     /// for a previous holder of W (a lost session, a killed worker) and still be open, and no
@@ -161,7 +166,15 @@ public struct PaceMachine: Sendable, Equatable {
         let found = !poll.ids.isEmpty
         // At once again while polls find events. Spacing them 1 ms apart halves the CPU per
         // event at 2,000 events/s but adds ~0.4 ms of lag: lag first.
-        nextPollAt = found ? now : now &+ settings.pollIntervalNanoseconds
+        if found || pace != .settling {
+            emptySettlingPolls = 0
+        } else {
+            emptySettlingPolls = min(emptySettlingPolls + 1, 16)
+        }
+        let interval = emptySettlingPolls == 0
+            ? settings.pollIntervalNanoseconds
+            : min(settings.pollIntervalNanoseconds << UInt64(emptySettlingPolls - 1), max(Self.settlingPollCeiling, settings.pollIntervalNanoseconds))
+        nextPollAt = found ? now : now &+ interval
         if found {
             noteSkipped(poll.ids, now: now)
             lastNewEventAt = now
