@@ -105,6 +105,24 @@ struct RedeleteTests {
         harness.stopWorker()
     }
 
+    /// Before the pending queue (0005) the debt is read from `processed_at`: a worker stopped
+    /// between the two deletions (its in-memory record gone) leaves it to the next lead.
+    @Test func withoutThePendingQueueTheNextLeadPaysTheDebtFromProcessedAt() throws {
+        let harness = try Harness(migrate: false)
+        _ = try PendingQueueTests.migrator(harness).up(to: 4)
+        harness.startWorker { $0.redeleteAfterNanoseconds = 2_000_000_000 }
+        try harness.waitFor("connected and notified") { $0.active && $0.redisUp && $0.initialDrainDone && !$0.polling && !$0.workWaiting }
+        let key = try Self.firstDeletion(harness, tid: 8, hash: "0xold")
+        try harness.waitForAcknowledged(1, hashPrefix: "0xold")
+        harness.stopWorker()
+        try fill(harness, key, "stale")
+        harness.startWorker { $0.redeleteAfterNanoseconds = 2_000_000_000 }
+        try harness.waitFor("the owed second deletion", timeout: 15) { $0.redeletedEvents >= 1 }
+        #expect(try !harness.exists(key), "the stopped worker's second deletion was never done")
+        #expect(harness.worker!.statistics.snapshot.refilledKeys == 1)
+        harness.stopWorker()
+    }
+
     /// A burst's second deletions do not hold first deletions back. A worker that takes over
     /// after a burst of 20,000 owes all of their second deletions at once (ids read back from the
     /// log, a page per turn of its loop); an event committed meanwhile is deleted before they are
