@@ -31,13 +31,7 @@ extension Worker {
         let active: ActiveSession
         do {
             guard try takeLeaderLock(log) else {
-                session?.nextLeadAttemptAt = monotonicNanoseconds() + config.standbyPollNanoseconds
                 postgresRoundTripSucceeded()
-                if !reporting.announcedStandby {
-                    reporting.announcedStandby = true
-                    logger.info("standing by: another worker is active (it holds the leader lock); taking over when its session ends", metadata: [
-                        LogKey.retryMilliseconds: "\(config.standbyPollNanoseconds / 1_000_000)"])
-                }
                 return
             }
             // LISTEN before draining: an event committed between the two is then either in the
@@ -54,29 +48,37 @@ extension Worker {
             return
         }
         session?.active = active
-        abandonedBackendPID = nil
         statistics.update { $0.takeovers += 1 }
         postgresRoundTripSucceeded()
-        if reporting.announcedStandby {
-            reporting.announcedStandby = false
-            logger.notice("took over as the active worker: listening and draining the log")
-        }
     }
 
-    /// The leader lock; if another session holds it and that session is this worker's own
-    /// abandoned one (a half-open connection the server still keeps), ends it and retries.
+    /// Runs the election (`LeaderElection`) against the leader lock: true when this session
+    /// leads; otherwise the session stands by until the time the election set.
     private func takeLeaderLock(_ log: EventLog) throws(PostgresError) -> Bool {
-        if try log.tryLead() { return true }
-        guard let pid = abandonedBackendPID else { return false }
-        abandonedBackendPID = nil
-        guard try log.terminateAbandonedSession(pid: pid) else { return false }
-        logger.warning("ended this worker's previous Postgres session, which the server still kept (half-open connection); taking the lead back", metadata: [LogKey.backendPID: "\(pid)"])
-        // The lock goes with the session, a moment after the signal.
-        for _ in 0..<50 {
-            usleep(20_000)
-            if try log.tryLead() { return true }
+        var step = election.lockAnswered(try log.tryLead(), now: monotonicNanoseconds())
+        while true {
+            switch step {
+            case .lead(let announceTakeover):
+                if announceTakeover { logger.notice("took over as the active worker: listening and draining the log") }
+                return true
+            case .standBy(let nextAttemptAt, let announce):
+                session?.nextLeadAttemptAt = nextAttemptAt
+                if announce {
+                    logger.info("standing by: another worker is active (it holds the leader lock); taking over when its session ends", metadata: [
+                        LogKey.retryMilliseconds: "\(config.standbyPollNanoseconds / 1_000_000)"])
+                }
+                return false
+            case .endAbandonedSession(let pid):
+                let ended = try log.terminateAbandonedSession(pid: pid)
+                if ended {
+                    logger.warning("ended this worker's previous Postgres session, which the server still kept (half-open connection); taking the lead back", metadata: [LogKey.backendPID: "\(pid)"])
+                }
+                step = election.ended(ended, now: monotonicNanoseconds())
+            case .retryLock(let pause):
+                usleep(useconds_t(pause / 1_000))
+                step = election.lockAnswered(try log.tryLead(), now: monotonicNanoseconds())
+            }
         }
-        return false
     }
 
     /// The private channel's name (0004), when this session may LISTEN to it.
@@ -167,7 +169,7 @@ extension Worker {
     /// went with it on the server too); the next turn of the loop connects again. The drain after
     /// reconnecting finds everything that was waiting (deletions are idempotent).
     func postgresFailed(_ error: PostgresError) {
-        if let session, error.code == .connectionLost { abandonedBackendPID = session.connection.log.connection.backendPID }
+        if let session, error.code == .connectionLost { election.connectionLost(backendPID: session.connection.log.connection.backendPID) }
         session = nil
         statistics.update { $0.postgresErrors += 1 }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"

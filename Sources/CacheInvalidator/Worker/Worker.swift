@@ -16,6 +16,7 @@ import RedisClient
 ///   pending work, the batch awaiting acknowledgement). A lost session is `session = nil`.
 /// - `invalidator`: the Redis connection; nil while disconnected.
 /// - `postgresPolicy`, `redisPolicy`: when to reconnect and what to tell ops.
+/// - `election`: whether to lead, and the abandoned session to end first.
 /// - `reporting`: the interval's figures and which warnings were already given.
 ///
 /// Nothing is lost because the log, not the notification, is the source of truth: every new
@@ -43,9 +44,8 @@ final class Worker {
     var invalidator: RedisInvalidator?
     var postgresPolicy: ReconnectPolicy
     var redisPolicy: ReconnectPolicy
-    /// The server-side pid of a connection this worker gave up on; the server may still keep
-    /// that session (and its leader lock) alive until its own keepalives notice.
-    var abandonedBackendPID: Int32?
+    /// Whether this worker leads, and what it remembers across sessions for that.
+    var election: LeaderElection
     var reporting: Reporting
     /// The events deleted lately, for their second deletion (and the failover replays): kept
     /// across Postgres sessions, since the keys are in Redis; seeded from the log by a new lead.
@@ -71,6 +71,7 @@ final class Worker {
         self.redisPolicy = ReconnectPolicy(backoff: backoff, immediateRetryAfterUptimeNanoseconds: config.immediateReconnectAfterUptimeNanoseconds)
         self.reporting = Reporting(nextSummaryAt: monotonicNanoseconds() + config.summaryIntervalNanoseconds)
         self.recent = RecentDeletions(delay: config.redeleteAfterNanoseconds, eventBound: config.redeleteMemoryEvents)
+        self.election = LeaderElection(standbyRetryNanoseconds: config.standbyPollNanoseconds)
     }
 
     var stopping: Bool { stopRequested.isSet }
@@ -173,7 +174,6 @@ struct Reporting {
     var slowThisInterval = 0
     /// Keys the second deletion removed this interval (the summary's `refilled`).
     var refilledThisInterval: Int64 = 0
-    var announcedStandby = false
     var warnedPrivateChannelNotGranted = false
     var triggerCheckDenied = false
     /// The newer-than-known schema version last reported, so each is logged once, not every check.
