@@ -17,10 +17,10 @@ struct EventLog {
     private let knownKinds: String
     private let mark = AcknowledgementMark()
 
-    /// The last record this session made in cache_invalidation.acknowledged (see `markAcknowledging`).
+    /// This session's records in cache_invalidation.acknowledged (`markAcknowledging`), in a box:
+    /// the log is a value copied into the session, and every copy must see the same records.
     private final class AcknowledgementMark {
-        var recordedAt: UInt64 = 0
-        var minID: Int64 = .max
+        var marks = AcknowledgementMarks(periodNanoseconds: EventLog.markPeriodNanoseconds)
     }
 
     /// How often, at least, the lowest acknowledged id is recorded while the worker acknowledges.
@@ -171,16 +171,6 @@ struct EventLog {
 
     /// How long any query of the worker may take before its connection is treated as lost.
     static let queryTimeoutSeconds = 10.0
-    /// The key of the session-level advisory lock the active worker holds ("cacheinv" in ASCII).
-    /// In pg_locks: locktype advisory, classid 1667326824, objid 1701408374, objsubid 1.
-    public static let leaderLockKey: Int64 = 0x6361_6368_6569_6E76
-
-    /// G, "writer in flight" (0003_quiet_notify): held shared by every writer until it ends.
-    public static let writersLockKey: Int64 = leaderLockKey + 1
-    /// W, "worker polling" (0003_quiet_notify): held by the active worker while it polls the log;
-    /// writers skip their NOTIFY meanwhile.
-    public static let pollingLockKey: Int64 = leaderLockKey + 2
-
     /// The highest migration applied (public.cache_invalidator_schema_migrations), or nil when
     /// that table is missing or this role may not read it (the worker needs no grant on it).
     static func schemaVersion(on connection: PGConnection) throws(PostgresError) -> Int64? {
@@ -192,69 +182,6 @@ struct EventLog {
         guard readable[0, 0] == "t" else { return nil }
         let version = try connection.execute("SELECT coalesce(max(version), 0) FROM public.cache_invalidator_schema_migrations")
         return Int64(version[0, 0] ?? "")
-    }
-
-    /// Whether emit() skips its NOTIFY while W is held (migration 0003 applied).
-    func hasQuietNotify() throws(PostgresError) -> Bool {
-        try connection.execute("""
-            SELECT coalesce(bool_or(p.prosrc LIKE '%' || $1 || '%'), false) FROM pg_proc p
-            WHERE p.oid = to_regprocedure('cache_invalidation.emit(text,jsonb)')
-            """, [String(Self.pollingLockKey)])[0, 0] == "t"
-    }
-
-    /// Ends a session that holds W although this one leads: a previous leader that vanished
-    /// (crashed host, half-open connection) and that the server has not noticed yet. While it
-    /// holds W, writers skip their NOTIFY for a worker that no longer polls. Returns how many
-    /// were ended; a session of another role cannot be ended by this one (42501).
-    func endStalePollingHolders() throws(PostgresError) -> Int {
-        let key = UInt64(bitPattern: Self.pollingLockKey)
-        return try connection.execute("""
-            SELECT count(*) FILTER (WHERE pg_terminate_backend(l.pid)) FROM pg_locks l
-            WHERE l.locktype = 'advisory' AND l.mode = 'ExclusiveLock' AND l.granted
-              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-              AND l.classid = $1::int8::oid AND l.objid = $2::int8::oid AND l.objsubid = 1
-              AND l.pid <> pg_backend_pid()
-            """, [String(key >> 32), String(key & 0xFFFF_FFFF)]).rows.first?[0].flatMap { Int($0) } ?? 0
-    }
-
-    /// Takes W without waiting; false while a writer that is notifying still holds it shared.
-    func startPolling() throws(PostgresError) -> Bool {
-        try tryLock(Self.pollingLockKey)
-    }
-
-    func stopPolling() throws(PostgresError) {
-        try connection.execute("SELECT pg_advisory_unlock($1::int8)", [String(Self.pollingLockKey)])
-    }
-
-    /// True when no writer holds G: every transaction that skipped its NOTIFY has ended. Takes
-    /// G for an instant without ever waiting (a queued exclusive request would stall writers).
-    func noQuietWriterInFlight() throws(PostgresError) -> Bool {
-        try connection.execute("SELECT CASE WHEN pg_try_advisory_lock($1::int8) THEN pg_advisory_unlock($1::int8) ELSE false END",
-                               [String(Self.writersLockKey)])[0, 0] == "t"
-    }
-
-    /// Tries to become the active worker; the lock lives as long as this session.
-    func tryLead() throws(PostgresError) -> Bool {
-        try tryLock(Self.leaderLockKey)
-    }
-
-    /// A session-level advisory lock, exclusive, never waited for.
-    private func tryLock(_ key: Int64) throws(PostgresError) -> Bool {
-        try connection.execute("SELECT pg_try_advisory_lock($1::int8)", [String(key)])[0, 0] == "t"
-    }
-
-    /// Ends this worker's own previous session if the server still keeps it: after a half-open
-    /// connection the server may not have noticed yet, and that session still holds the leader
-    /// lock (and a place in the notification queue). Only a session of the same role and
-    /// application that started before this one, so a reused pid is never hit. A role may end its
-    /// own sessions without further privilege.
-    func terminateAbandonedSession(pid: Int32) throws(PostgresError) -> Bool {
-        try connection.execute("""
-            SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
-            WHERE a.pid = $1::int4 AND a.pid <> pg_backend_pid() AND a.usename = current_user
-              AND a.application_name = current_setting('application_name')
-              AND a.backend_start < (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())
-            """, [String(pid)]).rows.first?[0] == "t"
     }
 
     /// A cheap round trip with a short deadline: proves the connection still delivers.
@@ -289,17 +216,6 @@ struct EventLog {
         return .listening(name)
     }
 
-    struct Fetched {
-        var events: [InvalidationEvent] = []
-        /// Rows whose payload could not be decoded: acknowledged with nothing deleted, and logged.
-        var undecodable: [(id: Int64, kind: String, error: PayloadError)] = []
-        /// Events with field values too large to be keys: processed without those fields, and logged.
-        var oversized: [(id: Int64, kind: String, fields: [String])] = []
-        var rowCount = 0
-        /// The highest id among the rows (decodable or not): where the next drain batch starts.
-        var maxID: Int64 = 0
-    }
-
     /// With the pending queue, before acknowledging `ids`: records the lowest of them in
     /// cache_invalidation.acknowledged, unless this session's record from the last second already
     /// bounds it. processed_at used to tell `replay --since T` which events were processed after T;
@@ -308,12 +224,10 @@ struct EventLog {
     /// per event. Recorded first, so no acknowledgement is ever without its record, even if the
     /// server crashes between the two (this session's commits reach the WAL in order).
     private func markAcknowledging(_ ids: [Int64]) throws(PostgresError) {
-        guard queue, let lowest = ids.min() else { return }
         let now = monotonicNanoseconds()
-        if lowest >= mark.minID && now &- mark.recordedAt < Self.markPeriodNanoseconds { return }
+        guard queue, let lowest = mark.marks.due(acknowledging: ids, now: now) else { return }
         try connection.execute(prepared: "ci_mark", [String(lowest)])
-        mark.recordedAt = now
-        mark.minID = lowest
+        mark.marks.recorded(lowest, now: now)
     }
 
     /// Pending events with ids above `after`, oldest first (a drain pass), acknowledging
@@ -331,15 +245,15 @@ struct EventLog {
 
     /// One poll: pending events above `after`, and those among `skipped` that are pending now;
     /// acknowledges `acknowledging` (the previous poll's events) in the same statement.
-    func poll(after: Int64, skipped: [Int64], limit: Int, acknowledging batch: ConfirmedBatch?) throws(PostgresError) -> Fetched {
+    func poll(after: Int64, skipped: [Int64], limit: Int, acknowledging batch: ConfirmedBatch?) throws(PostgresError) -> FetchedEvents {
         let acknowledging = batch?.ids ?? []
         try markAcknowledging(acknowledging)
-        return Self.decode(try connection.execute(prepared: "ci_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped), PostgresArray.integers(acknowledging)]))
+        return FetchedEvents(try connection.execute(prepared: "ci_poll", [String(limit), knownKinds, String(after), PostgresArray.integers(skipped), PostgresArray.integers(acknowledging)]))
     }
 
     /// The named events that are still pending (the fast path after notifications).
-    func fetchPending(ids: [Int64]) throws(PostgresError) -> Fetched {
-        Self.decode(try connection.execute(prepared: "ci_fetch_ids", [PostgresArray.integers(ids), knownKinds]))
+    func fetchPending(ids: [Int64]) throws(PostgresError) -> FetchedEvents {
+        FetchedEvents(try connection.execute(prepared: "ci_fetch_ids", [PostgresArray.integers(ids), knownKinds]))
     }
 
     /// The select list `decode` reads: id, kind, payload, and the lag start in microseconds
@@ -347,32 +261,6 @@ struct EventLog {
     static func columns(commitTimestamps: Bool) -> String {
         let start = commitTimestamps ? "COALESCE(pg_xact_commit_timestamp(e.xmin), e.created_at)" : "e.created_at"
         return "e.id, e.kind, e.payload::text, (extract(epoch FROM \(start)) * 1000000)::int8"
-    }
-
-    static func decode(_ rows: PGRows) -> Fetched {
-        var fetched = Fetched()
-        fetched.rowCount = rows.rows.count
-        fetched.events.reserveCapacity(rows.rows.count)
-        for row in rows.rows {
-            if let id = row[0].flatMap({ Int64($0) }) { fetched.maxID = max(fetched.maxID, id) }
-            guard let idText = row[0], let id = Int64(idText), let kindName = row[1], let kind = EventKind(rawValue: kindName) else {
-                // Cannot happen (the query filters known kinds; ids are bigint), but a row skipped
-                // here would come back in every fetch forever.
-                if let id = row[0].flatMap({ Int64($0) }) {
-                    fetched.undecodable.append((id, row[1] ?? "", PayloadError(reason: "belongs to an event the worker cannot read")))
-                }
-                continue
-            }
-            let start = row[3].flatMap { Int64($0) } ?? 0
-            do {
-                let decoded = try EventPayload.decodeReportingOversized(row[2] ?? "")
-                fetched.events.append(InvalidationEvent(id: id, kind: kind, fields: decoded.fields, startMicros: start))
-                if !decoded.oversized.isEmpty { fetched.oversized.append((id, kindName, decoded.oversized)) }
-            } catch {
-                fetched.undecodable.append((id, kindName, error))
-            }
-        }
-        return fetched
     }
 
     /// Marks events processed. Only called after Redis confirmed every deletion they asked for.
@@ -427,11 +315,11 @@ struct EventLog {
     /// The acknowledged events with ids in `range` above `after`, oldest first, at most `limit`:
     /// a page of a recorded range, for its second deletion. Pending ones are left to the worker's
     /// first deletion.
-    func acknowledgedEvents(in range: ClosedRange<Int64>, after: Int64, limit: Int) throws(PostgresError) -> Fetched {
+    func acknowledgedEvents(in range: ClosedRange<Int64>, after: Int64, limit: Int) throws(PostgresError) -> FetchedEvents {
         let acknowledged = queue
             ? "NOT EXISTS (SELECT 1 FROM cache_invalidation.pending p WHERE p.id = e.id)"
             : "e.processed_at IS NOT NULL"
-        return Self.decode(try connection.execute("""
+        return FetchedEvents(try connection.execute("""
             SELECT \(Self.columns(commitTimestamps: false)) FROM cache_invalidation.events e
             WHERE e.id > $1::int8 AND e.id <= $2::int8 AND \(acknowledged) AND e.kind = ANY($3::text[])
             ORDER BY e.id LIMIT $4
@@ -540,4 +428,9 @@ extension EventLog {
         guard queue else { return }
         try connection.execute("DELETE FROM cache_invalidation.acknowledged WHERE at < now() - make_interval(secs => $1::float8)", [String(seconds)])
     }
+}
+
+extension FetchedEvents {
+    /// The rows of a statement that selects `EventLog.columns`.
+    init(_ rows: PGRows) { self.init(rows: rows.rows) }
 }

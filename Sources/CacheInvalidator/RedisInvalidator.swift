@@ -142,7 +142,7 @@ extension RedisInvalidator {
     /// Renders the keys of a batch of events by the rules and deletes them in one pipelined round
     /// trip. Returns the confirmation that `EventLog` needs to acknowledge them; throws (and
     /// nothing can be acknowledged) unless Redis confirmed every deletion.
-    func delete(_ fetched: EventLog.Fetched, rules: RuleSet, prefix: String, countPerEvent: Bool) throws(RedisError) -> ConfirmedBatch {
+    func delete(_ fetched: FetchedEvents, rules: RuleSet, prefix: String, countPerEvent: Bool) throws(RedisError) -> ConfirmedBatch {
         var plan = InvalidationPlan()
         // Six keys per event is the most any default rule renders.
         plan.reserveCapacity(keys: fetched.events.count * 6)
@@ -155,8 +155,8 @@ extension RedisInvalidator {
             if countPerEvent { rendered.append(counts) }
         }
         let outcome = try execute(plan)
-        let undecodable = fetched.undecodable.map(\.id)
-        return ConfirmedBatch(ids: fetched.events.map(\.id) + undecodable, events: fetched.events, rendered: rendered, keysByKind: keysByKind,
-                              keys: plan.keyBytes.count, outcome: outcome, confirmedAt: wallClockNanoseconds(), undecodable: undecodable)
+        return ConfirmedBatch(ids: fetched.ids, events: fetched.events, rendered: rendered, keysByKind: keysByKind,
+                              keys: plan.keyBytes.count, outcome: outcome, confirmedAt: wallClockNanoseconds(),
+                              undecodable: fetched.undecodable.map(\.id))
     }
 }

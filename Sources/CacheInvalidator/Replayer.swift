@@ -100,9 +100,9 @@ public struct Replayer {
         }
         summary.cutoff = cutoff
         while true {
-            let fetched: EventLog.Fetched
+            let fetched: FetchedEvents
             do {
-                fetched = EventLog.decode(try postgres.execute("""
+                fetched = FetchedEvents(try postgres.execute("""
                     SELECT \(EventLog.columns(commitTimestamps: false))
                     FROM cache_invalidation.events e
                     WHERE e.id > $1 AND ($2::int8 IS NULL OR e.id <= $2::int8)

@@ -76,8 +76,9 @@ struct PendingWorkTests {
 
     // MARK: Session
 
-    /// A lost session is one assignment: nothing of the last one survives into the next.
-    @Test func aNewSessionStartsFromNothing() {
+    /// What a new session starts with, whatever the last one held: standing by until it leads;
+    /// once active, a drain due, nothing named, maintenance due at once (and no pace without 0003).
+    @Test func aNewSessionStartsWithADrainDueAndNothingElse() {
         var session: Session<Int>? = Session(connection: 1, now: 0)
         session?.active = ActiveSession(privateChannel: "p", quietNotify: .init(), workBound: 10, now: 0)
         let ticket = session!.active!.work.beginDrain()

@@ -43,7 +43,7 @@ extension Worker {
                 guard let deleted = delete(fetched) else { return nil }
                 session?.connection.deferred = deleted
             }
-            let ids = fetched.events.map(\.id) + fetched.undecodable.map(\.id)
+            let ids = fetched.ids
             guard let step = session?.active?.pace?.polled(PaceMachine.Poll(ids: ids), now: now) else { return nil }
             if step.drain { session?.active?.work.requestDrain() }
             return step.next

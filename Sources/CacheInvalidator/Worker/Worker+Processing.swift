@@ -19,7 +19,7 @@ extension Worker {
         }
         while let ids = session?.active?.work.nextNamed(limit: config.batchSize), !ids.isEmpty, !stopping {
             guard let log = session?.connection.log else { return }
-            let fetched: EventLog.Fetched
+            let fetched: FetchedEvents
             do {
                 fetched = try log.fetchPending(ids: ids)
             } catch {
@@ -88,7 +88,7 @@ extension Worker {
                 let acknowledging = confirmed.map { [$0] } ?? []
                 confirmed = nil
                 guard let next = fetch(after: after, acknowledging: acknowledging) else { return false }
-                let deleted = delete(EventLog.decode(rows))
+                let deleted = delete(FetchedEvents(rows))
                 // Waited for even if Redis failed: the connection is needed again on the way out.
                 guard let nextRows = received(next) else { return false }
                 acknowledging.forEach(record)
@@ -98,7 +98,7 @@ extension Worker {
                 continue
             }
             // The last, partial batch: acknowledged in one statement with the one before it.
-            let fetched = EventLog.decode(rows)
+            let fetched = FetchedEvents(rows)
             let deleted = fetched.rowCount > 0 ? delete(fetched) : nil
             if fetched.rowCount == 0 { redisRoundTripSucceeded() }
             if fetched.rowCount > 0 && deleted == nil { return false }
@@ -127,7 +127,7 @@ extension Worker {
 
     /// Deletes the keys of a batch in one round trip and then acknowledges it.
     /// Returns false if Redis or Postgres failed (the batch stays pending and is redone).
-    func invalidate(_ fetched: EventLog.Fetched) -> Bool {
+    func invalidate(_ fetched: FetchedEvents) -> Bool {
         guard let deleted = delete(fetched), acknowledge([deleted]) else { return false }
         record(deleted)
         return true
@@ -140,7 +140,7 @@ extension Worker {
     /// public notification's: a notification can never stand in for its event in the log.
     private func invalidateNotified(_ carried: [CarriedEvent]) -> Bool {
         guard let log = session?.connection.log else { return false }
-        var fetched = EventLog.Fetched()
+        var fetched = FetchedEvents()
         fetched.events = carried.map(\.event)
         guard var deleted = delete(fetched) else { return false }
         let starts: [Int64: Int64]
@@ -174,7 +174,7 @@ extension Worker {
 
     /// Deletes the keys of a batch in one pipelined round trip. nil if Redis failed (nothing can
     /// be acknowledged then: the events stay pending and are retried after reconnecting).
-    func delete(_ fetched: EventLog.Fetched) -> ConfirmedBatch? {
+    func delete(_ fetched: FetchedEvents) -> ConfirmedBatch? {
         guard let invalidator else { return nil }
         let deleted: ConfirmedBatch
         do {

@@ -123,7 +123,7 @@ public struct PaceMachine: Sendable, Equatable {
             return .takeW
         case .polling, .settling:
             guard !awaitingW, now >= nextPollAt else { return nil }
-            return .poll(after: cursor, skipped: Array(skipped.keys).sorted())
+            return .poll(after: cursor, skipped: Array(skipped.keys))
         }
     }
 

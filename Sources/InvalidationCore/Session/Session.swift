@@ -94,7 +94,9 @@ public struct WakeUp: Sendable, Equatable {
 
     /// The earliest deadline.
     public var deadline: UInt64 {
-        [postgresRetryAt, heartbeatAt, leadAttemptAt, maintenanceAt, pollAt, redisRetryAt, redeleteAt].reduce(summaryAt) { min($0, $1 ?? .max) }
+        // Computed every turn of the loop: a chain of mins, no array.
+        min(summaryAt, postgresRetryAt ?? .max, heartbeatAt ?? .max, leadAttemptAt ?? .max,
+            maintenanceAt ?? .max, pollAt ?? .max, min(redisRetryAt ?? .max, redeleteAt ?? .max))
     }
 
     /// How long to sleep from `now`: zero when work is waiting or a deadline has passed.
