@@ -11,7 +11,7 @@ extension Worker {
     func processPending() {
         // Those would be fetched again: acknowledge them first.
         guard acknowledgeDeferred() else { return }
-        while let carried = session?.active?.work.takeNotified(limit: config.batchSize), !carried.isEmpty, !stopping {
+        while !stopping, let carried = session?.active?.work.takeNotified(limit: config.batchSize), !carried.isEmpty {
             guard invalidateNotified(carried) else { return }
         }
         if session?.active?.work.needsDrain == true {

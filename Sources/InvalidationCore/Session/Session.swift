@@ -68,8 +68,6 @@ public struct WakeUp: Sendable, Equatable {
     /// Work is waiting that can be done now: do not sleep.
     public var workWaiting = false
 
-    public init(summaryAt: UInt64) { self.summaryAt = summaryAt }
-
     /// The state's deadlines: what applies follows from the session alone.
     public init<C>(session: Session<C>?, summaryAt: UInt64, heartbeatIdleNanoseconds: UInt64, postgresRetryAt: UInt64, redisUp: Bool, redisRetryAt: UInt64,
                    redeleteAt: UInt64? = nil) {
