@@ -110,12 +110,13 @@ struct ConfirmedBatch {
     /// Everything to acknowledge: the events, and rows that could not be decoded (acknowledged
     /// with nothing deleted; they would otherwise come back in every fetch).
     let ids: [Int64]
-    /// The events, for the statistics (`record`). The private channel's path drops the events
-    /// the log did not confirm before recording: those are read from the log again.
-    var events: [InvalidationEvent]
-    /// Per-event key and pattern counts, beside `events` (debug level only).
-    var rendered: [(keys: Int, patterns: Int)]
-    let keysByKind: [EventKind: Int]
+    /// The events, for the statistics (`record`). The private channel's path keeps only the
+    /// events the log confirmed (`keepOnly`): the others are read from the log again, and would
+    /// otherwise be counted twice.
+    private(set) var events: [InvalidationEvent]
+    /// Per-event key and pattern counts, index for index beside `events`.
+    private(set) var rendered: [(keys: Int, patterns: Int)]
+    /// Keys sent in the one round trip, after de-duplication within the batch.
     let keys: Int
     let outcome: RedisInvalidator.Outcome
     /// Wall-clock time of Redis's confirmation: the end of each event's lag.
@@ -125,16 +126,39 @@ struct ConfirmedBatch {
     /// Taken from the private channel's notifications (counted apart in the statistics).
     var fromNotifications = false
 
-    fileprivate init(ids: [Int64], events: [InvalidationEvent], rendered: [(keys: Int, patterns: Int)], keysByKind: [EventKind: Int],
+    fileprivate init(ids: [Int64], events: [InvalidationEvent], rendered: [(keys: Int, patterns: Int)],
                      keys: Int, outcome: RedisInvalidator.Outcome, confirmedAt: Int64, undecodable: [Int64]) {
         self.ids = ids
         self.events = events
         self.rendered = rendered
-        self.keysByKind = keysByKind
         self.keys = keys
         self.outcome = outcome
         self.confirmedAt = confirmedAt
         self.undecodable = undecodable
+    }
+
+    /// Rendered keys of the kept events, by kind.
+    var keysByKind: [EventKind: Int] {
+        var byKind: [EventKind: Int] = [:]
+        for (event, counts) in zip(events, rendered) { byKind[event.kind, default: 0] += counts.keys }
+        return byKind
+    }
+
+    /// Keeps the events `starts` names, each with its lag start from the log; returns the ids of
+    /// the others. Their counts go with them, so nothing is counted before the log confirms it.
+    mutating func keepOnly(_ starts: [Int64: Int64]) -> [Int64] {
+        var kept: [InvalidationEvent] = [], keptCounts: [(keys: Int, patterns: Int)] = [], dropped: [Int64] = []
+        kept.reserveCapacity(starts.count)
+        keptCounts.reserveCapacity(starts.count)
+        for (var event, counts) in zip(events, rendered) {
+            guard let start = starts[event.id] else { dropped.append(event.id); continue }
+            event.startMicros = start
+            kept.append(event)
+            keptCounts.append(counts)
+        }
+        events = kept
+        rendered = keptCounts
+        return dropped
     }
 }
 
@@ -142,20 +166,15 @@ extension RedisInvalidator {
     /// Renders the keys of a batch of events by the rules and deletes them in one pipelined round
     /// trip. Returns the confirmation that `EventLog` needs to acknowledge them; throws (and
     /// nothing can be acknowledged) unless Redis confirmed every deletion.
-    func delete(_ fetched: FetchedEvents, rules: RuleSet, prefix: String, countPerEvent: Bool) throws(RedisError) -> ConfirmedBatch {
+    func delete(_ fetched: FetchedEvents, rules: RuleSet, prefix: String) throws(RedisError) -> ConfirmedBatch {
         var plan = InvalidationPlan()
         // Six keys per event is the most any default rule renders.
         plan.reserveCapacity(keys: fetched.events.count * 6)
         var rendered: [(keys: Int, patterns: Int)] = []
-        if countPerEvent { rendered.reserveCapacity(fetched.events.count) }
-        var keysByKind: [EventKind: Int] = [:]
-        for event in fetched.events {
-            let counts = rules.apply(event, prefix: prefix, to: &plan)
-            keysByKind[event.kind, default: 0] += counts.keys
-            if countPerEvent { rendered.append(counts) }
-        }
+        rendered.reserveCapacity(fetched.events.count)
+        for event in fetched.events { rendered.append(rules.apply(event, prefix: prefix, to: &plan)) }
         let outcome = try execute(plan)
-        return ConfirmedBatch(ids: fetched.ids, events: fetched.events, rendered: rendered, keysByKind: keysByKind,
+        return ConfirmedBatch(ids: fetched.ids, events: fetched.events, rendered: rendered,
                               keys: plan.keyBytes.count, outcome: outcome, confirmedAt: wallClockNanoseconds(),
                               undecodable: fetched.undecodable.map(\.id))
     }

@@ -152,21 +152,7 @@ extension Worker {
             return false
         }
         postgresRoundTripSucceeded()
-        var confirmed: [InvalidationEvent] = []
-        var rendered: [(keys: Int, patterns: Int)] = []
-        confirmed.reserveCapacity(starts.count)
-        for (index, var event) in deleted.events.enumerated() {
-            if let start = starts[event.id] {
-                event.startMicros = start
-                confirmed.append(event)
-                // Per-event counts exist only at debug level; they must stay beside their events.
-                if index < deleted.rendered.count { rendered.append(deleted.rendered[index]) }
-            } else {
-                session?.active?.work.unconfirmed(event.id)
-            }
-        }
-        deleted.rendered = rendered
-        deleted.events = confirmed
+        for id in deleted.keepOnly(starts) { session?.active?.work.unconfirmed(id) }
         deleted.fromNotifications = true
         record(deleted)
         return true
@@ -178,7 +164,7 @@ extension Worker {
         guard let invalidator else { return nil }
         let deleted: ConfirmedBatch
         do {
-            deleted = try invalidator.delete(fetched, rules: config.rules, prefix: config.keyPrefix, countPerEvent: debugEnabled)
+            deleted = try invalidator.delete(fetched, rules: config.rules, prefix: config.keyPrefix)
         } catch {
             redisFailed(error)
             return nil
