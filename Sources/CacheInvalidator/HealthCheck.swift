@@ -46,6 +46,7 @@ public struct HealthCheck {
         do {
             let version = try query("SELECT current_setting('server_version'), current_user")
             findings.append(Finding(ok: true, subject: "postgres", detail: "connected to \(connection.target) as \(version[0, 1] ?? "?") (PostgreSQL \(version[0, 0] ?? "?"))"))
+            findings += try sessionFindings(connection)
             let schema = try query("SELECT to_regclass('cache_invalidation.events') IS NOT NULL")
             guard schema[0, 0] == "t" else {
                 findings.append(Finding(ok: false, subject: "migrations", detail: "cache_invalidation.events does not exist (or this role cannot see it); apply the migrations: cache-invalidator migrate"))
@@ -124,6 +125,25 @@ public struct HealthCheck {
         }
         return findings
 
+    }
+
+    /// What the worker verifies of every session before using it: a primary, and LISTEN that
+    /// hears other sessions (`PostgresFitness`).
+    private func sessionFindings(_ connection: PGConnection) throws(PostgresError) -> [Finding] {
+        let server = try PostgresFitness.identify(connection)
+        if server.inRecovery {
+            return [Finding(ok: false, subject: "primary", detail: "\(PostgresUnfit.standby(server: PostgresFitness.reached(connection)))")]
+        }
+        var findings = [Finding(ok: true, subject: "primary", detail: "\(PostgresFitness.reached(connection)) is the primary" + (server.identity.map { " (\($0))" } ?? ""))]
+        do {
+            let took = try PostgresFitness.proveListen(on: connection, conninfo: configuration.databaseURL, timeoutSeconds: configuration.listenProbeTimeoutSeconds)
+            findings.append(Finding(ok: true, subject: "listen", detail: "a notification from another session arrived in \(formatMilliseconds(UInt64(took * 1e9))) ms"))
+        } catch let error as PostgresError {
+            throw error
+        } catch {
+            findings.append(Finding(ok: false, subject: "listen", detail: "\(error)"))
+        }
+        return findings
     }
 
     /// With 0004: the private channel's name is still hidden from every other role. A DBA who

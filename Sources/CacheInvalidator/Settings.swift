@@ -26,6 +26,7 @@ public enum Setting: String, CaseIterable, Sendable {
     case reconnectMax = "reconnect-max"
     case retention = "retention"
     case redeleteAfter = "redelete-after"
+    case failoverReplay = "failover-replay"
     case metricsAddress = "metrics-address"
     case warnBacklog = "warn-backlog"
     case warnAge = "warn-age"
@@ -53,9 +54,10 @@ public enum Setting: String, CaseIterable, Sendable {
         case .slowThreshold: return "100ms"
         case .summaryInterval: return "10s"
         case .redisTimeout: return "2s"
-        case .reconnectMax: return "10s"
+        case .reconnectMax: return "2s"
         case .retention: return "24h"
         case .redeleteAfter: return "1s"
+        case .failoverReplay: return "10s"
         case .metricsAddress: return "127.0.0.1:9187"
         case .warnBacklog: return "10000"
         case .warnAge: return "60s"
@@ -78,6 +80,7 @@ public enum Setting: String, CaseIterable, Sendable {
         case .reconnectMax: return "Longest wait between reconnection attempts (backoff is exponential with jitter)."
         case .retention: return "How long processed events stay in the log (audit, replay) before the worker deletes them; 0 keeps them forever."
         case .redeleteAfter: return "Delete each event's keys again this long after the first deletion: removes a cache fill of a value read before the write committed that landed after the first deletion (the cache-aside race). 0 turns it off."
+        case .failoverReplay: return "On reaching another PostgreSQL primary (a promoted standby: a new timeline) delete again the keys of the events acknowledged this long before the old one was lost: writes an asynchronous standby may lack, whose values a reader may have cached. Longer than your replication lag; 0 turns it off."
         case .metricsAddress: return "IP:PORT serving /metrics, /healthz and /readyz over HTTP, or off. 0.0.0.0:9187 exposes it on every interface."
         case .warnBacklog: return "Warn (each summary) while more events than this wait in the log."
         case .warnAge: return "Warn (each summary) while the oldest waiting event is older than this."
@@ -188,6 +191,11 @@ public struct SettingsResolver {
         guard retention == 0 || redelete == 0 || retention >= redelete + 60_000_000_000 else {
             throw ConfigurationError("\(origin(.retention)) (\(value(.retention)!)) must be at least a minute longer than \(origin(.redeleteAfter)) (\(value(.redeleteAfter)!)): processed events are read back from the log for their second deletion. Raise RETENTION, or set REDELETE_AFTER=0")
         }
+        let failoverReplay = try duration(.failoverReplay, minimum: 0)
+        guard failoverReplay <= 3_600_000_000_000 else {
+            throw ConfigurationError("\(origin(.failoverReplay)) is \(value(.failoverReplay)!.debugDescription); expected 0 (off) or up to 1h, e.g. 10s (longer than the replication lag)")
+        }
+        config.failoverReplayNanoseconds = failoverReplay
         let backlog = value(.warnBacklog)!
         guard let warnBacklog = Int64(backlog), warnBacklog >= 0 else {
             throw ConfigurationError("\(origin(.warnBacklog)) is \(backlog.debugDescription); expected a whole number of events, e.g. 10000")

@@ -17,7 +17,7 @@ public struct Readiness: Sendable, Equatable {
 
     public static func of(_ s: WorkerStatistics.Snapshot) -> Readiness {
         var problems: [String] = []
-        if !s.postgresUp { problems.append("postgres unreachable") }
+        if let unfit = s.postgresUnfit { problems.append(unfit) } else if !s.postgresUp { problems.append("postgres unreachable") }
         if !s.redisUp { problems.append("redis unreachable") }
         guard problems.isEmpty else { return Readiness(ready: false, reason: "not ready: " + problems.joined(separator: ", ")) }
         return Readiness(ready: true, reason: s.active ? "ready: active, listening, redis answers" : "ready: standby (another worker is active), postgres and redis answer")

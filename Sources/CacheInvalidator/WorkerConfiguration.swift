@@ -24,7 +24,8 @@ public struct WorkerConfiguration: Sendable {
     public var summaryIntervalNanoseconds: UInt64 = 10_000_000_000
     public var redisTimeoutMilliseconds: Int = 2000
     public var reconnectInitialMilliseconds: UInt64 = 100
-    public var reconnectMaximumMilliseconds: UInt64 = 10_000
+    /// Short enough that the worker finds a promoted standby within seconds of the promotion.
+    public var reconnectMaximumMilliseconds: UInt64 = 2_000
     /// A connection that worked at least this long and then drops is retried at once.
     public var immediateReconnectAfterUptimeNanoseconds: UInt64 = 30_000_000_000
     public var channel: String = "cache_invalidation"
@@ -37,6 +38,15 @@ public struct WorkerConfiguration: Sendable {
     public var redeleteMemoryEvents: Int = 4_096
     /// How often, at most, a round of second deletions goes out: due events are batched.
     public var redeleteBatchingNanoseconds: UInt64 = 10_000_000
+    /// After the worker reaches another primary (a promoted standby, another cluster), it deletes
+    /// again the keys of the events it acknowledged this long before it lost the previous one:
+    /// the writes an asynchronous standby may lack. 0 off.
+    public var failoverReplayNanoseconds: UInt64 = 10_000_000_000
+    /// Events held in memory for that replay; past it the oldest are dropped (and counted).
+    public var failoverMemoryEvents: Int = 100_000
+    /// A new session must hear a notification another session sent within this: the proof that
+    /// LISTEN works through DATABASE_URL (a pooler in transaction mode breaks it silently).
+    public var listenProbeTimeoutSeconds: Double = 1
     /// How often the worker verifies its triggers and prunes the log.
     public var maintenanceIntervalNanoseconds: UInt64 = 60_000_000_000
     /// The summary warns when more events than this are pending…

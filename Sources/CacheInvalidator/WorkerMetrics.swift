@@ -60,6 +60,9 @@ public final class WorkerMetrics: Sendable {
             counter("events_pruned_total", "Processed events deleted from the log past --retention") { $0.eventsPruned },
             counter("takeovers_total", "Times this worker became the active one") { $0.takeovers },
             counter("redeleted_events_total", "Events whose keys were deleted a second time (--redelete-after)") { $0.redeletedEvents },
+            counter("postgres_primary_changes_total", "Times the worker reached another primary than before (a promoted standby: a new timeline; or another cluster)") { $0.primaryChanges },
+            counter("failover_replayed_events_total", "Events whose keys were deleted again after a primary change (--failover-replay)") { $0.failoverReplayedEvents },
+            counter("failover_refilled_keys_total", "Keys the replay after a primary change removed: cached again since their first deletion, maybe from a write the new primary lacks") { $0.failoverRefilledKeys },
         ]
         func gauge(_ name: String, _ help: String, _ read: @escaping @Sendable (WorkerStatistics.Snapshot) -> Double) -> (Gauge, @Sendable (WorkerStatistics.Snapshot) -> Double) {
             (registry.makeGauge(descriptor: Self.describe(p + name, help)), read)
@@ -75,6 +78,7 @@ public final class WorkerMetrics: Sendable {
             gauge("schema_version", "Highest migration applied to the database at the last check (-1: not checked, or the version table is not readable by the worker's role)") { Double($0.schemaVersion) },
             gauge("schema_version_supported", "Highest migration this worker release knows; a schema_version above it means the worker needs upgrading") { _ in Double(HealthCheck.latestSchemaVersion) },
             gauge("postgres_up", "1 while the worker's Postgres connection works") { flag($0.postgresUp) },
+            gauge("postgres_unfit", "1 while the server DATABASE_URL reaches is refused: a standby, or LISTEN does not work through it (a pooler in transaction mode)") { flag($0.postgresUnfit != nil) },
             gauge("redis_up", "1 while the worker's Redis connection works") { flag($0.redisUp) },
             gauge("listening", "1 while LISTEN is active (the active worker only)") { flag($0.listening) },
             gauge("active", "1 if this worker holds the leader lock and does the work, 0 on a standby") { flag($0.active) },

@@ -35,6 +35,14 @@ public final class WorkerStatistics: Sendable {
         /// This worker holds the leader lock and does the work; false: standby (or disconnected).
         public var active = false
         public var postgresUp = false
+        /// Why the Postgres server reached is not used (a standby, LISTEN broken); nil otherwise.
+        public var postgresUnfit: String?
+        /// Times the worker reached another primary than before (a new timeline or cluster).
+        public var primaryChanges: UInt64 = 0
+        /// Events whose keys were deleted again after a primary change, and the keys that were
+        /// there (cached again since the first deletion).
+        public var failoverReplayedEvents: UInt64 = 0
+        public var failoverRefilledKeys: UInt64 = 0
         public var queueUsage: Double = 0
         public var logBytes: Int64 = 0
         public var heartbeatFailures: UInt64 = 0

@@ -86,8 +86,9 @@ public final class PGConnection {
         ("tcp_user_timeout", "10000"),
     ]
 
-    /// Connects (blocking, bounded by `connect_timeout`).
-    public init(conninfo: String, applicationName: String = "cache-invalidator") throws(PostgresError) {
+    /// Connects (blocking, bounded by `connect_timeout`). `overriding` parameters are applied
+    /// after the URL (another session to the very server a multi-host URL chose: `host`, `port`).
+    public init(conninfo: String, applicationName: String = "cache-invalidator", overriding: [(String, String)] = []) throws(PostgresError) {
         let target = try ConnectionTarget.parse(conninfo)
         // Defaults come first and the URL (expanded from "dbname") after it, so that whatever
         // the operator wrote in DATABASE_URL wins over our defaults.
@@ -97,6 +98,7 @@ public final class PGConnection {
         // After the URL, so nothing overrides it: keys are built from text, and a LATIN1
         // database must still hand us UTF-8, or a non-ASCII address becomes another key.
         pairs.append(("client_encoding", "UTF8"))
+        pairs += overriding
         let keywords = pairs.map { strdup($0.0) }
         let values = pairs.map { strdup($0.1) }
         defer {
@@ -129,6 +131,28 @@ public final class PGConnection {
     public var socket: Int32 { PQsocket(conn) }
 
     public var isHealthy: Bool { PQstatus(conn) == CONNECTION_OK }
+
+    /// The server this connection reached (of the hosts a multi-host URL lists): `host` and
+    /// `port` parameters that connect another session to it; `hostaddr` too when the URL gave one.
+    public var reachedServer: [(String, String)] {
+        var parameters = [("host", String(cString: PQhost(conn))), ("port", String(cString: PQport(conn)))]
+        if let address = PQhostaddr(conn), address.pointee != 0 { parameters.append(("hostaddr", String(cString: address))) }
+        return parameters
+    }
+
+    /// Waits up to `timeoutSeconds` for notifications and returns those received (maybe none).
+    public func awaitNotifications(timeoutSeconds: Double) throws(PostgresError) -> [PGNotification] {
+        let deadline = monotonicSeconds() + timeoutSeconds
+        while true {
+            try consumeInput()
+            let received = notifications()
+            let remaining = deadline - monotonicSeconds()
+            if !received.isEmpty || remaining <= 0 { return received }
+            var descriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+            let result = poll(&descriptor, 1, Int32(max(1, (remaining * 1000).rounded(.up))))
+            if result < 0 && errno != EINTR { throw PostgresError(code: .connectionLost, message: "poll: \(String(cString: strerror(errno)))", target: target.description) }
+        }
+    }
 
     /// The server's process id for this connection (for `pg_terminate_backend` in tests and ops).
     public var backendPID: Int32 { PQbackendPID(conn) }

@@ -41,6 +41,8 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
         switch (code, sqlState) {
         case (.invalidConnectionString, _):
             return "set DATABASE_URL to postgres://user:password@host:5432/dbname"
+        case (.connectionFailed, _) where message.contains("read-only") || message.contains("hot standby"):
+            return "no host DATABASE_URL lists is a primary now (target_session_attrs=read-write): a failover in progress, or the primary is missing from the list; retrying"
         case (.connectionFailed, _):
             return "check that Postgres is running and that DATABASE_URL's host, port, user and password are right"
         case (_, "42501"?):

@@ -35,6 +35,8 @@ struct Run: ParsableCommand {
     var retention: String?
     @Option(help: ArgumentHelp(.redeleteAfter, valueName: "duration"))
     var redeleteAfter: String?
+    @Option(help: ArgumentHelp(.failoverReplay, valueName: "duration"))
+    var failoverReplay: String?
     @Option(help: ArgumentHelp(.metricsAddress, valueName: "ip:port"))
     var metricsAddress: String?
     @Option(help: ArgumentHelp(.warnBacklog, valueName: "n"))
@@ -52,6 +54,7 @@ struct Run: ParsableCommand {
         flags[.reconnectMax] = reconnectMax
         flags[.retention] = retention
         flags[.redeleteAfter] = redeleteAfter
+        flags[.failoverReplay] = failoverReplay
         flags[.metricsAddress] = metricsAddress
         flags[.warnBacklog] = warnBacklog
         flags[.warnAge] = warnAge

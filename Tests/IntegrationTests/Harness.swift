@@ -62,6 +62,8 @@ final class Harness {
         config.keyPrefix = prefix
         config.reconnectInitialMilliseconds = 20
         config.reconnectMaximumMilliseconds = 500
+        // The whole suite shares two cores: a notification can take longer than the default 1 s.
+        config.listenProbeTimeoutSeconds = 5
         return config
     }
 

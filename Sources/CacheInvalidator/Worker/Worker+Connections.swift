@@ -7,19 +7,65 @@ import RedisClient
 // Connections and leadership. ReconnectPolicy decides when to retry and what is worth a log
 // line; these functions only open connections, execute what the session needs, and log.
 extension Worker {
+    /// Opens a session and verifies it before using it: a primary (a standby cannot LISTEN or
+    /// acknowledge), and one that hears notifications (a pooler in transaction mode passes
+    /// none). A refused session is closed and looked for again with backoff.
     func connectPostgres() {
+        let identity: PrimaryIdentity?
         do {
             let connection = try PGConnection(conninfo: config.databaseURL)
+            let server = try PostgresFitness.identify(connection)
+            if server.inRecovery { throw PostgresUnfit.standby(server: PostgresFitness.reached(connection)) }
+            _ = try PostgresFitness.proveListen(on: connection, conninfo: config.databaseURL, timeoutSeconds: config.listenProbeTimeoutSeconds)
             let log = try EventLog(connection: connection, channel: config.channel, statementTimeoutMilliseconds: config.statementTimeoutMilliseconds)
             session = Session(connection: PostgresSide(log: log), now: monotonicNanoseconds())
+            identity = server.identity
+            reporting.postgresUnfit = nil
             postgresPolicy.opened()
             statistics.update { $0.postgresConnects += 1 }
             logger.debug("postgres connection opened", metadata: [LogKey.target: "\(connection.target)"])
-        } catch {
+        } catch let error as PostgresError {
             postgresFailed(error)
             return
+        } catch let unfit as PostgresUnfit {
+            postgresRefused(unfit)
+            return
+        } catch {
+            postgresFailed(PostgresError(code: .connectionFailed, message: "\(error)"))
+            return
         }
+        if let identity { primaryReached(identity) }
         tryToLead()
+    }
+
+    /// Another primary than the last one (a promoted standby, another cluster) may lack the last
+    /// writes this worker saw committed: their keys are deleted again (`FailoverMemory`).
+    private func primaryReached(_ identity: PrimaryIdentity) {
+        let change = primary.connected(to: identity)
+        guard change.mayHaveLostWrites else { return }
+        let (events, dropped) = failover.primaryChanged()
+        reporting.replayedEvents = 0
+        reporting.replayRefilled = 0
+        statistics.update { $0.primaryChanges += 1 }
+        var metadata: Logger.Metadata = [LogKey.events: "\(events)", "primary": "\(identity)",
+                                         "replay_window_ms": "\(config.failoverReplayNanoseconds / 1_000_000)"]
+        if dropped > 0 { metadata["dropped_events"] = "\(dropped)" }
+        let what: String
+        switch change {
+        case .newTimeline(let from, let to): what = "postgres is on a new timeline (\(from) to \(to)): a standby was promoted"
+        case .otherSystem: what = "postgres is another cluster than before (its system identifier changed)"
+        case .first, .same: return
+        }
+        logger.warning("\(what); it may lack the last writes the previous primary committed, so the keys of the events acknowledged before are deleted again", metadata: metadata)
+    }
+
+    /// The session reached a server the worker cannot use: said once per outage, then looked for
+    /// again with backoff (a failover in progress ends this by itself).
+    private func postgresRefused(_ unfit: PostgresUnfit) {
+        reporting.postgresUnfit = unfit
+        statistics.update { $0.postgresErrors += 1 }
+        report(postgresPolicy.failed(now: monotonicNanoseconds(), connectionDropped: false),
+               server: "postgres", what: "cannot use this postgres session", consequence: "events wait in the log", error: "\(unfit)")
     }
 
     /// Takes the leader lock if no other worker holds it, then LISTENs; the new active session
@@ -170,6 +216,9 @@ extension Worker {
     /// reconnecting finds everything that was waiting (deletions are idempotent).
     func postgresFailed(_ error: PostgresError) {
         if let session, error.code == .connectionLost { election.connectionLost(backendPID: session.connection.log.connection.backendPID) }
+        // The replay window after a failover ends when the primary was lost, never at a later
+        // failed attempt: a failover that takes a minute must not age out what it may have lost.
+        if session != nil { failover.prune(now: monotonicNanoseconds()) }
         session = nil
         statistics.update { $0.postgresErrors += 1 }
         let what = error.code == .queryFailed ? "postgres rejected the worker's query" : "postgres unavailable"

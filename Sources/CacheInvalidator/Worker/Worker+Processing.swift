@@ -216,7 +216,9 @@ extension Worker {
     /// lag, the slow warnings and the statistics take them in.
     func record(_ batch: ConfirmedBatch) {
         session?.active?.processed(ids: batch.events.map(\.id) + batch.undecodable)
-        recent.record(batch.events, now: monotonicNanoseconds())
+        let now = monotonicNanoseconds()
+        recent.record(batch.events, now: now)
+        failover.record(batch.events, now: now)
         var byKind: [EventKind: UInt64] = [:]
         var slow = 0
         for (index, event) in batch.events.enumerated() {

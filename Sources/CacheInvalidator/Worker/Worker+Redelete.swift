@@ -70,9 +70,7 @@ extension Worker {
     /// One pipeline of second deletions, counted as soon as Redis confirmed it.
     private func redelete(_ events: [InvalidationEvent]) throws(RedisError) {
         guard !events.isEmpty else { return }
-        guard let invalidator else { throw RedisError(code: .connectionLost, message: "not connected") }
-        let removed = try invalidator.redelete(events, rules: config.rules, prefix: config.keyPrefix)
-        redisRoundTripSucceeded()
+        let removed = try deleteAgain(events)
         let refilled = removed.values.reduce(0, +)
         reporting.refilledThisInterval += refilled
         let pending = recent.heldEvents
@@ -85,5 +83,40 @@ extension Worker {
         if debugEnabled {
             logger.debug("deleted again", metadata: [LogKey.events: "\(events.count)", LogKey.refilled: "\(refilled)"])
         }
+    }
+
+    /// One round of the replay after a primary change (`FailoverMemory`): a batch of the events
+    /// acknowledged before it, deleted again in one pipeline. A failed round is first in line
+    /// again once Redis is back.
+    func replayAfterFailover() {
+        let events = failover.takeReplay(limit: config.batchSize)
+        let removed: [EventKind: Int64]
+        do {
+            removed = try deleteAgain(events)
+        } catch {
+            failover.putBack(events)
+            redisFailed(error)
+            return
+        }
+        let refilled = removed.values.reduce(0, +)
+        reporting.replayedEvents += events.count
+        reporting.replayRefilled += refilled
+        statistics.update { s in
+            s.failoverReplayedEvents += UInt64(events.count)
+            s.failoverRefilledKeys += UInt64(max(0, refilled))
+        }
+        if failover.replayPending == 0 {
+            logger.notice("deleted again the keys of the events acknowledged before the primary changed", metadata: [
+                LogKey.events: "\(reporting.replayedEvents)", LogKey.refilled: "\(reporting.replayRefilled)"])
+        }
+    }
+
+    /// Deletes the keys of `events` (patterns included) in one pipeline; what each kind removed.
+    private func deleteAgain(_ events: [InvalidationEvent]) throws(RedisError) -> [EventKind: Int64] {
+        guard !events.isEmpty else { return [:] }
+        guard let invalidator else { throw RedisError(code: .connectionLost, message: "not connected") }
+        let removed = try invalidator.redelete(events, rules: config.rules, prefix: config.keyPrefix)
+        redisRoundTripSucceeded()
+        return removed
     }
 }

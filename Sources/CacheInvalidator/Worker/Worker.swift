@@ -50,6 +50,10 @@ final class Worker {
     /// The events deleted lately, for their second deletion (and the failover replays): kept
     /// across Postgres sessions, since the keys are in Redis; seeded from the log by a new lead.
     var recent: RecentDeletions
+    /// The events acknowledged lately, to delete again on reaching another primary; and which
+    /// primary that was. Kept across sessions: they are about the servers, not the session.
+    var failover: FailoverMemory
+    var primary = PrimaryWatch()
     /// What `publishState` last told other threads.
     private var published: PublishedState?
 
@@ -72,6 +76,7 @@ final class Worker {
         self.reporting = Reporting(nextSummaryAt: monotonicNanoseconds() + config.summaryIntervalNanoseconds)
         self.recent = RecentDeletions(delay: config.redeleteAfterNanoseconds, eventBound: config.redeleteMemoryEvents)
         self.election = LeaderElection(standbyRetryNanoseconds: config.standbyPollNanoseconds)
+        self.failover = FailoverMemory(window: config.failoverReplayNanoseconds, eventBound: config.failoverMemoryEvents)
     }
 
     var stopping: Bool { stopRequested.isSet }
@@ -97,6 +102,7 @@ final class Worker {
             readNotifications()
             if canWork && active!.work.hasWork { processPending() }
             if canWork { pace() }
+            if invalidator != nil && failover.replayPending > 0 && !stopping { replayAfterFailover() }
             // Second deletions yield to first ones: only when nothing else is waiting.
             if redeleteMayGo(now: monotonicNanoseconds()) { redeleteDue() }
             if monotonicNanoseconds() >= reporting.nextSummaryAt { logSummary() }
@@ -118,12 +124,14 @@ final class Worker {
     /// worker's own state once per turn of the loop, so it is never kept in two places.
     func publishState() {
         let pace = active?.pace?.pace
-        let state = PublishedState(postgresUp: session != nil, redisUp: invalidator != nil, active: active != nil,
+        let state = PublishedState(postgresUp: session != nil, postgresUnfit: session == nil ? reporting.postgresUnfit?.readiness : nil,
+                                   redisUp: invalidator != nil, active: active != nil,
                                    polling: pace != nil && pace != .notified, workWaiting: active?.work.hasWork ?? false)
         guard published != state else { return }
         published = state
         statistics.update {
             $0.postgresUp = state.postgresUp
+            $0.postgresUnfit = state.postgresUnfit
             $0.redisUp = state.redisUp
             $0.active = state.active
             // Only the active worker LISTENs.
@@ -140,7 +148,7 @@ final class Worker {
         let now = monotonicNanoseconds()
         let wakeUp = WakeUp(session: session, summaryAt: reporting.nextSummaryAt, heartbeatIdleNanoseconds: config.heartbeatIdleNanoseconds,
                             postgresRetryAt: postgresPolicy.retryAt, redisUp: invalidator != nil, redisRetryAt: redisPolicy.retryAt,
-                            redeleteAt: redeleteDueAt)
+                            redeleteAt: invalidator != nil && failover.replayPending > 0 ? now : redeleteDueAt)
         let timeout = wakeUp.timeout(now: now)
         if timeout == 0 && wakeUp.workWaiting { return }
         var descriptors: [Int32] = []
@@ -158,6 +166,8 @@ struct PostgresSide {
 
 struct PublishedState: Equatable {
     var postgresUp: Bool
+    /// Why the server reached is not used (a standby, LISTEN broken), for /readyz.
+    var postgresUnfit: String?
     var redisUp: Bool
     var active: Bool
     /// Polling or settling (W held, or writers that skipped their NOTIFY maybe still open).
@@ -175,6 +185,11 @@ struct Reporting {
     /// Keys the second deletion removed this interval (the summary's `refilled`).
     var refilledThisInterval: Int64 = 0
     var warnedPrivateChannelNotGranted = false
+    /// Why the last Postgres session was refused; nil once one is used.
+    var postgresUnfit: PostgresUnfit?
+    /// The replay after the last primary change: events deleted again and keys that were there.
+    var replayedEvents = 0
+    var replayRefilled: Int64 = 0
     var triggerCheckDenied = false
     /// The newer-than-known schema version last reported, so each is logged once, not every check.
     var reportedNewerSchema: Int64?

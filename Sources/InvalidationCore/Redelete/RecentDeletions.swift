@@ -1,11 +1,9 @@
 /// A bounded record of the events whose keys the worker deleted recently, and when each is due to
-/// be deleted again. One mechanism for every "delete again what was deleted lately":
-///
-/// - the second deletion, on a timer: a cache-aside reader that read a row just before a write
-///   committed and fills the key just after the first deletion puts the old value back; deleting
-///   the keys again `delay` after the first removes every such fill that landed in between;
-/// - a replay after a failover (a Redis master change, a PostgreSQL timeline change): everything
-///   recorded is made due at once (`replayAll`).
+/// be deleted again: the second deletion. A cache-aside reader that read a row just before a write
+/// committed and fills the key just after the first deletion puts the old value back; deleting
+/// the keys again `delay` after the first removes every such fill that landed in between.
+/// (The replay after a failover needs the events themselves for longer, and never from the log:
+/// `FailoverMemory`.)
 ///
 /// Each entry holds the events themselves (re-rendered into keys when due, patterns included),
 /// up to `eventBound` events in all. Past the bound the oldest entries keep only the ids they
@@ -64,11 +62,6 @@ public struct RecentDeletions: Sendable {
     public mutating func seed(_ range: ClosedRange<Int64>, now: UInt64) {
         guard isEnabled else { return }
         append(Entry(due: now &+ delay, content: .ranges([range])))
-    }
-
-    /// A failover: every recorded entry is due now.
-    public mutating func replayAll(now: UInt64) {
-        for index in head..<entries.count { entries[index].due = min(entries[index].due, now) }
     }
 
     /// Takes the entries due at `now`, oldest first, until they hold at least `limit` events
