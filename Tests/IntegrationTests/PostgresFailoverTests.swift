@@ -168,8 +168,13 @@ struct PostgresFailoverTests {
         // unread in its socket never reaches the standby.
         try world.cluster.promoteStandby()
         try world.waitUntilGone(["portfolio:2001"], timeout: 20)
-        let snapshot = world.statistics.snapshot
-        #expect(snapshot.primaryChanges == 1 && snapshot.failoverReplayedEvents >= 1 && snapshot.failoverRefilledKeys >= 1, "\(snapshot)")
+        // Counted just after Redis confirmed the deletion, on the worker's thread.
+        try awaitCondition("the replay counted", timeout: 10) { seen in
+            let snapshot = world.statistics.snapshot
+            seen = "\(snapshot)"
+            return snapshot.failoverReplayedEvents >= 1 && snapshot.failoverRefilledKeys >= 1
+        }
+        #expect(world.statistics.snapshot.primaryChanges == 1, "\(world.logTail)")
         #expect(world.logs.captured.contains { $0.contains("postgres is on a new timeline (1 to 2)") }, "\(world.logTail)")
         let newPrimary = try PGConnection(conninfo: url)
         #expect(try newPrimary.execute("SELECT count(*) FROM trades WHERE tx_hash = '0xlost'")[0, 0] == "0",
