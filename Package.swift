@@ -30,6 +30,12 @@ let package = Package(
             pkgConfig: "hiredis",
             providers: [.apt(["libhiredis-dev"])]
         ),
+        // TLS to Redis (rediss://): hiredis 0.14 has none, so RedisClient owns the socket.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
         // glibc's <malloc.h>: mallopt at start-up and a periodic malloc_trim (see Run.swift).
         .systemLibrary(name: "CMalloc"),
         .target(
@@ -37,7 +43,7 @@ let package = Package(
             dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")]
         ),
         .target(name: "PostgresClient", dependencies: ["CLibPQ"]),
-        .target(name: "RedisClient", dependencies: ["CHiredis"]),
+        .target(name: "RedisClient", dependencies: ["CHiredis", "COpenSSL"]),
         .target(
             name: "CacheInvalidator",
             dependencies: [

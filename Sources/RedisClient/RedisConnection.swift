@@ -52,41 +52,31 @@ public enum RedisAddress: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// One blocking hiredis connection, owned: `redisFree` runs exactly once, in `deinit`.
+/// One blocking connection to one Redis server. hiredis is the protocol codec only
+/// (`redisFormatCommandArgv` to encode, a `redisReader` to decode); the bytes travel through our
+/// own `RedisTransport` (TCP, a Unix socket, or TLS through OpenSSL, which hiredis 0.14 lacks).
 ///
-/// Keys travel as binary-safe arguments (`redisAppendCommandArgv` with explicit lengths),
-/// never through the printf-style API, so no byte of a key can change the command.
-/// Not thread-safe: lives on the worker's own thread. After any `.connectionLost` error the
-/// connection is unusable and must be dropped.
+/// Keys travel as binary-safe arguments with explicit lengths, never through the printf-style
+/// API, so no byte of a key can change the command. Not thread-safe: lives on the worker's own
+/// thread. After any `.connectionLost` error the connection is unusable and must be dropped.
 public final class RedisConnection {
-    private let context: UnsafeMutablePointer<redisContext>
+    private let transport: RedisTransport
+    private let reader: UnsafeMutablePointer<redisReader>
     public let address: RedisAddress
 
-    public init(address: RedisAddress, timeoutMilliseconds: Int = 2000) throws(RedisError) {
-        let tv = timeval(tv_sec: timeoutMilliseconds / 1000, tv_usec: (timeoutMilliseconds % 1000) * 1000)
-        let raw: UnsafeMutablePointer<redisContext>?
-        switch address {
-        case .tcp(let host, let port): raw = redisConnectWithTimeout(host, Int32(port), tv)
-        case .unix(let path): raw = redisConnectUnixWithTimeout(path, tv)
+    public init(address: RedisAddress, tls: TLSConfiguration? = nil, timeoutMilliseconds: Int = 2000) throws(RedisError) {
+        guard let reader = redisReaderCreate() else { throw RedisError(code: .connectionFailed, message: "out of memory", target: address.description) }
+        do {
+            transport = try RedisTransport.connect(address, tls: tls, timeoutMilliseconds: timeoutMilliseconds)
+        } catch {
+            redisReaderFree(reader)
+            throw error
         }
-        guard let raw else { throw RedisError(code: .connectionFailed, message: "out of memory", target: address.description) }
-        if raw.pointee.err != 0 {
-            let message = RedisConnection.errorString(raw)
-            redisFree(raw)
-            throw RedisError(code: .connectionFailed, message: message, target: address.description)
-        }
-        // The connect timeout does not cover commands; without this a stalled server blocks forever.
-        guard redisSetTimeout(raw, tv) == REDIS_OK else {
-            let message = RedisConnection.errorString(raw)
-            redisFree(raw)
-            throw RedisError(code: .connectionFailed, message: "cannot set the command timeout: \(message)", target: address.description)
-        }
-        if case .tcp = address { _ = redisEnableKeepAlive(raw) }
-        self.context = raw
+        self.reader = reader
         self.address = address
     }
 
-    deinit { redisFree(context) }
+    deinit { redisReaderFree(reader) }
 
     /// Sends AUTH (when a password is given) and SELECT (when the database is not 0).
     public func handshake(username: String?, password: String?, database: Int) throws(RedisError) {
@@ -111,27 +101,44 @@ public final class RedisConnection {
         try pipeline([arguments])[0]
     }
 
-    /// Many commands in one round trip: all are written, then all replies are read, in order.
+    /// Many commands in one round trip: all are written in one buffer, then all replies are
+    /// read, in order.
     public func pipeline(_ commands: [[[UInt8]]]) throws(RedisError) -> [RedisReply] {
-        for arguments in commands { try append(arguments) }
+        var bytes: [UInt8] = []
+        for arguments in commands { try RedisConnection.encode(arguments, into: &bytes) }
+        try transport.writeAll(bytes)
         var replies: [RedisReply] = []
         replies.reserveCapacity(commands.count)
-        for _ in commands {
-            var raw: UnsafeMutableRawPointer? = nil
-            guard redisGetReply(context, &raw) == REDIS_OK, let raw else {
-                throw RedisError(code: .connectionLost, message: RedisConnection.errorString(context), target: address.description)
+        try withUnsafeTemporaryAllocation(byteCount: 16_384, alignment: 1) { (buffer) throws(RedisError) in
+            while replies.count < commands.count {
+                var raw: UnsafeMutableRawPointer? = nil
+                guard redisReaderGetReply(reader, &raw) == REDIS_OK else {
+                    throw RedisError(code: .connectionLost, message: "the server's reply is not valid RESP: \(readerError)", target: address.description)
+                }
+                if let raw {
+                    replies.append(RedisReply(copying: raw.assumingMemoryBound(to: redisReply.self)))
+                    freeReplyObject(raw)
+                    continue
+                }
+                let count = try transport.read(into: buffer)
+                guard redisReaderFeed(reader, buffer.baseAddress!.assumingMemoryBound(to: CChar.self), count) == REDIS_OK else {
+                    throw RedisError(code: .connectionLost, message: "the server's reply is not valid RESP: \(readerError)", target: address.description)
+                }
             }
-            let reply = raw.assumingMemoryBound(to: redisReply.self)
-            replies.append(RedisReply(copying: reply))
-            freeReplyObject(raw)
         }
         return replies
     }
 
-    private func append(_ arguments: [[UInt8]]) throws(RedisError) {
+    private var readerError: String {
+        withUnsafeBytes(of: reader.pointee.errstr) { raw in String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self) }
+    }
+
+    /// Appends one command in RESP (hiredis's encoder, lengths explicit).
+    static func encode(_ arguments: [[UInt8]], into bytes: inout [UInt8]) throws(RedisError) {
         // One contiguous buffer for the argument bytes, with pointers and lengths into it.
         let total = arguments.reduce(0) { $0 + $1.count }
-        let status: Int32 = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(total, 1)) { storage in
+        var target: UnsafeMutablePointer<CChar>? = nil
+        let length: Int32 = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(total, 1)) { storage in
             var offset = 0
             var pointers: [UnsafePointer<CChar>?] = []
             var lengths: [Int] = []
@@ -139,28 +146,19 @@ public final class RedisConnection {
             lengths.reserveCapacity(arguments.count)
             let base = storage.baseAddress!
             for argument in arguments {
-                argument.withUnsafeBufferPointer { bytes in
-                    if let source = bytes.baseAddress { (base + offset).update(from: source, count: bytes.count) }
+                argument.withUnsafeBufferPointer { source in
+                    if let start = source.baseAddress { (base + offset).update(from: start, count: source.count) }
                 }
                 pointers.append(UnsafeRawPointer(base + offset).assumingMemoryBound(to: CChar.self))
                 lengths.append(argument.count)
                 offset += argument.count
             }
             return pointers.withUnsafeMutableBufferPointer { p in
-                lengths.withUnsafeBufferPointer { l in
-                    redisAppendCommandArgv(context, Int32(arguments.count), p.baseAddress, l.baseAddress)
-                }
+                lengths.withUnsafeBufferPointer { l in redisFormatCommandArgv(&target, Int32(arguments.count), p.baseAddress, l.baseAddress) }
             }
         }
-        guard status == REDIS_OK else {
-            throw RedisError(code: .connectionLost, message: RedisConnection.errorString(context), target: address.description)
-        }
-    }
-
-    private static func errorString(_ context: UnsafeMutablePointer<redisContext>) -> String {
-        let message = withUnsafeBytes(of: context.pointee.errstr) { raw in
-            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-        }
-        return message.isEmpty ? "connection closed" : message
+        guard length > 0, let target else { throw RedisError(code: .connectionLost, message: "cannot encode the command (out of memory)") }
+        defer { redisFreeCommand(target) }
+        bytes.append(contentsOf: UnsafeRawBufferPointer(start: target, count: Int(length)))
     }
 }

@@ -1,4 +1,5 @@
-/// A failure talking to Redis, with hiredis's or the server's message and no secrets in it.
+/// A failure talking to Redis, with the system's, OpenSSL's or the server's message and no
+/// secrets in it.
 public struct RedisError: Error, Sendable, CustomStringConvertible {
     public enum Code: String, Sendable {
         /// The server could not be reached.
@@ -11,6 +12,8 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         case commandFailed
         /// The server's answer did not have the expected shape.
         case unexpectedReply
+        /// The TLS handshake failed or the server's certificate was refused.
+        case tlsFailed
     }
 
     public var code: Code
@@ -40,7 +43,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
             return "the Redis user may not run this command or touch this key: it needs UNLINK or DEL, SCAN and PING on keys under the prefix"
         case .commandFailed where message.hasPrefix("READONLY"):
             return "REDIS_URL points at a read-only replica; point it at the primary"
-        case .connectionLost where message.contains("Resource temporarily unavailable"):
+        case .connectionLost where message.hasPrefix("timed out"):
             return "no reply within REDIS_TIMEOUT; Redis is overloaded or the network drops packets"
         default: return nil
         }
