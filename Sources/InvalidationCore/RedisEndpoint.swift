@@ -2,24 +2,70 @@ import Foundation
 
 /// Where and how to reach Redis, parsed from `REDIS_URL`.
 ///
-/// Forms: `redis://[user[:password]@]host[:port][/db]` and `unix:///path/to/redis.sock[?db=N]`.
-/// `rediss://` is refused with a clear reason: hiredis 0.14 on this platform has no TLS.
+/// Forms:
+/// - `redis://[user[:password]@]host[:port][/db]`;
+/// - `rediss://...` the same over TLS, with `?cacert=PATH&cert=PATH&key=PATH&sni=NAME`
+///   (the names of redis-cli's flags; all optional: the system's CAs and the host's name);
+/// - `unix:///path/to/redis.sock[?db=N]`;
+/// - `redis-sentinel://[user[:password]@]host1[:26379][,host2[:26379]...]/master[/db]`
+///   (`rediss-sentinel://` over TLS), with `?sentinel_user=U&sentinel_password=P` when the
+///   sentinels require their own credentials; the user and password are the master's.
 public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
     public enum Address: Sendable, Equatable {
         case tcp(host: String, port: Int)
         case unix(path: String)
     }
 
+    /// TLS settings (`rediss://`): the CA file to trust (nil: the system's), a client
+    /// certificate and key, the name to verify (nil: the host).
+    public struct TLS: Sendable, Equatable {
+        public var caFile: String?
+        public var certificateFile: String?
+        public var keyFile: String?
+        public var serverName: String?
+        public init(caFile: String? = nil, certificateFile: String? = nil, keyFile: String? = nil, serverName: String? = nil) {
+            self.caFile = caFile
+            self.certificateFile = certificateFile
+            self.keyFile = keyFile
+            self.serverName = serverName
+        }
+    }
+
+    /// The sentinels to ask for the master, and the master's name there.
+    public struct Sentinel: Sendable, Equatable {
+        public struct Node: Sendable, Equatable, CustomStringConvertible {
+            public var host: String
+            public var port: Int
+            public init(host: String, port: Int) { self.host = host; self.port = port }
+            public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+        }
+        public var nodes: [Node]
+        public var masterName: String
+        public var username: String?
+        public var password: String?
+        public init(nodes: [Node], masterName: String, username: String? = nil, password: String? = nil) {
+            self.nodes = nodes
+            self.masterName = masterName
+            self.username = username
+            self.password = password
+        }
+    }
+
+    /// The server (direct), or the first sentinel (with `sentinel`, which says whom to ask).
     public var address: Address
     public var username: String?
     public var password: String?
     public var database: Int
+    public var tls: TLS?
+    public var sentinel: Sentinel?
 
-    public init(address: Address, username: String? = nil, password: String? = nil, database: Int = 0) {
+    public init(address: Address, username: String? = nil, password: String? = nil, database: Int = 0, tls: TLS? = nil, sentinel: Sentinel? = nil) {
         self.address = address
         self.username = username
         self.password = password
         self.database = database
+        self.tls = tls
+        self.sentinel = sentinel
     }
 
     /// The URL with the password replaced, safe for logs and error messages.
@@ -31,10 +77,13 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
         case (let user?, nil): auth = "\(user)@"
         case (nil, nil): auth = ""
         }
+        if let sentinel {
+            return "\(tls == nil ? "redis" : "rediss")-sentinel://\(auth)\(sentinel.nodes.map(\.description).joined(separator: ","))/\(sentinel.masterName)/\(database)"
+        }
         switch address {
         case .tcp(let host, let port):
             let shownHost = host.contains(":") ? "[\(host)]" : host
-            return "redis://\(auth)\(shownHost):\(port)/\(database)"
+            return "\(tls == nil ? "redis" : "rediss")://\(auth)\(shownHost):\(port)/\(database)"
         case .unix(let path):
             return "unix://\(auth)\(path)?db=\(database)"
         }
@@ -53,6 +102,10 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
         guard !trimmed.contains(where: { $0.isNewline || $0 == "\0" }) else {
             throw ParseError(reason: "contains a control character")
         }
+        let lowered = trimmed.lowercased()
+        if lowered.hasPrefix("redis-sentinel://") || lowered.hasPrefix("rediss-sentinel://") {
+            return try parseSentinel(trimmed, tls: lowered.hasPrefix("rediss"))
+        }
         guard let components = URLComponents(string: trimmed), let scheme = components.scheme?.lowercased() else {
             throw ParseError(reason: "is not a URL; expected redis://[user:password@]host[:port][/db]")
         }
@@ -65,7 +118,7 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
             throw ParseError(reason: "has a password with invalid percent-encoding")
         }
         switch scheme {
-        case "redis":
+        case "redis", "rediss":
             guard let host = components.host, !host.isEmpty else {
                 throw ParseError(reason: "has no host; expected redis://host:6379")
             }
@@ -80,11 +133,14 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
                 }
                 database = db
             }
-            if let query = components.queryItems, !query.isEmpty {
-                throw ParseError(reason: "has query parameters (\(query.map(\.name).joined(separator: ", "))), which are not supported for redis://")
+            var tls: TLS? = nil
+            if scheme == "rediss" {
+                tls = try parseTLS(components.queryItems ?? [], allowing: [])
+            } else if let query = components.queryItems, !query.isEmpty {
+                throw ParseError(reason: "has query parameters (\(query.map(\.name).joined(separator: ", "))), which are not supported for redis:// (TLS settings go with rediss://)")
             }
             let unbracketed = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
-            return RedisEndpoint(address: .tcp(host: unbracketed, port: port), username: username, password: password, database: database)
+            return RedisEndpoint(address: .tcp(host: unbracketed, port: port), username: username, password: password, database: database, tls: tls)
         case "unix", "redis+unix":
             let path = components.path
             guard path.hasPrefix("/") else {
@@ -103,10 +159,123 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
                 }
             }
             return RedisEndpoint(address: .unix(path: path), username: username, password: password, database: database)
-        case "rediss":
-            throw ParseError(reason: "uses rediss:// (TLS), which this build cannot speak: hiredis 0.14 has no TLS. Use redis:// over a private network, a unix socket, or a local TLS tunnel (stunnel) and point REDIS_URL at it")
         default:
-            throw ParseError(reason: "has scheme \"\(scheme)\"; expected redis:// or unix://")
+            throw ParseError(reason: "has scheme \"\(scheme)\"; expected redis://, rediss://, unix:// or redis-sentinel://")
         }
+    }
+
+    static let tlsParameters = ["cacert", "cert", "key", "sni"]
+
+    /// The TLS parameters of a `rediss` URL; any other name (bar `allowing`) is refused.
+    private static func parseTLS(_ items: [URLQueryItem], allowing others: Set<String>) throws(ParseError) -> TLS {
+        var tls = TLS()
+        for item in items where !others.contains(item.name) {
+            guard let value = item.value, !value.isEmpty else {
+                throw ParseError(reason: "has an empty \(item.name)=; expected \(item.name == "sni" ? "a host name" : "a file path")")
+            }
+            switch item.name {
+            case "cacert": tls.caFile = value
+            case "cert": tls.certificateFile = value
+            case "key": tls.keyFile = value
+            case "sni": tls.serverName = value
+            default:
+                throw ParseError(reason: "has unknown parameter \"\(item.name)\" (rediss:// takes \(tlsParameters.joined(separator: ", ")))")
+            }
+        }
+        if tls.keyFile != nil && tls.certificateFile == nil {
+            throw ParseError(reason: "has key= without cert=; a client key goes with its certificate")
+        }
+        return tls
+    }
+
+    /// `redis-sentinel://[user[:password]@]host[:port][,host[:port]...]/master[/db][?...]`:
+    /// several hosts, which URLComponents cannot parse, so it is taken apart here.
+    private static func parseSentinel(_ text: String, tls: Bool) throws(ParseError) -> RedisEndpoint {
+        let form = "expected \(tls ? "rediss" : "redis")-sentinel://[user:password@]host1:26379,host2:26379/master-name[/db]"
+        let rest = text[text.index(text.firstIndex(of: ":")!, offsetBy: 3)...]
+        let (beforeQuery, query) = rest.firstIndex(of: "?").map { (rest[..<$0], String(rest[rest.index(after: $0)...])) } ?? (rest, "")
+        guard let slash = beforeQuery.firstIndex(of: "/") else { throw ParseError(reason: "names no master; \(form)") }
+        let authority = beforeQuery[..<slash]
+        let path = beforeQuery[beforeQuery.index(after: slash)...]
+        var username: String? = nil, password: String? = nil
+        var hostList = authority
+        if let at = authority.lastIndex(of: "@") {
+            let userinfo = authority[..<at]
+            hostList = authority[authority.index(after: at)...]
+            let parts = userinfo.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let user = String(parts[0]).removingPercentEncoding else { throw ParseError(reason: "has a user name with invalid percent-encoding") }
+            username = user.isEmpty ? nil : user
+            if parts.count == 2 {
+                guard let secret = String(parts[1]).removingPercentEncoding else { throw ParseError(reason: "has a password with invalid percent-encoding") }
+                password = secret
+            }
+        }
+        var nodes: [Sentinel.Node] = []
+        for entry in hostList.split(separator: ",", omittingEmptySubsequences: false) {
+            guard let node = parseHostPort(entry, defaultPort: 26379) else {
+                throw ParseError(reason: "has sentinel \(String(entry).debugDescription); \(form)")
+            }
+            nodes.append(node)
+        }
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false)
+        guard let first = segments.first, !first.isEmpty, let master = String(first).removingPercentEncoding, !master.isEmpty,
+              master.allSatisfy({ !$0.isWhitespace && !$0.isNewline }) else {
+            throw ParseError(reason: "names no master; \(form)")
+        }
+        var database = 0
+        if segments.count == 2 && !segments[1].isEmpty {
+            guard segments[1].allSatisfy({ $0.isASCII && $0.isNumber }), let db = Int(segments[1]), db <= 65535 else {
+                throw ParseError(reason: "has database \(String(segments[1]).debugDescription); expected a number such as /0")
+            }
+            database = db
+        } else if segments.count > 2 {
+            throw ParseError(reason: "has a path with more than master/db; \(form)")
+        }
+        var items: [URLQueryItem] = []
+        if !query.isEmpty {
+            guard let parsed = URLComponents(string: "x://h?" + query)?.queryItems else { throw ParseError(reason: "has a query that is not name=value&...") }
+            items = parsed
+        }
+        var sentinel = Sentinel(nodes: nodes, masterName: master)
+        for item in items {
+            switch item.name {
+            case "sentinel_user": sentinel.username = item.value
+            case "sentinel_password": sentinel.password = item.value
+            case _ where tls && tlsParameters.contains(item.name): continue
+            default:
+                throw ParseError(reason: "has unknown parameter \"\(item.name)\" (\(tls ? "rediss" : "redis")-sentinel:// takes sentinel_user, sentinel_password\(tls ? ", " + tlsParameters.joined(separator: ", ") : ""))")
+            }
+        }
+        let tlsSettings = tls ? try parseTLS(items, allowing: ["sentinel_user", "sentinel_password"]) : nil
+        return RedisEndpoint(address: .tcp(host: nodes[0].host, port: nodes[0].port), username: username, password: password,
+                             database: database, tls: tlsSettings, sentinel: sentinel)
+    }
+
+    /// `host`, `host:port`, `[v6]` or `[v6]:port`; nil for anything else.
+    private static func parseHostPort(_ text: Substring, defaultPort: Int) -> Sentinel.Node? {
+        var host: Substring
+        var portText: Substring? = nil
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            let after = text[text.index(after: close)...]
+            if !after.isEmpty {
+                guard after.hasPrefix(":") else { return nil }
+                portText = after.dropFirst()
+            }
+        } else {
+            let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count <= 2 else { return nil }
+            host = parts[0]
+            if parts.count == 2 { portText = parts[1] }
+        }
+        guard !host.isEmpty, host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-._:%".contains($0)) }) else { return nil }
+        var port = defaultPort
+        if let portText {
+            guard !portText.isEmpty, portText.count <= 5, portText.allSatisfy({ $0.isASCII && $0.isNumber }),
+                  let value = Int(portText), (1...65535).contains(value) else { return nil }
+            port = value
+        }
+        return Sentinel.Node(host: String(host), port: port)
     }
 }

@@ -9,6 +9,9 @@ public struct RedisInfo: Sendable, Equatable {
     public var evictedKeys: Double?
     public var expiredKeys: Double?
     public var connectedClients: Double?
+    /// The server process's random identifier (`run_id`, 40 hex digits): another one behind the
+    /// same address is another process (a restart, a replacement).
+    public var runID: String?
 
     public init() {}
 
@@ -33,6 +36,7 @@ public struct RedisInfo: Sendable, Equatable {
         info.evictedKeys = number("evicted_keys")
         info.expiredKeys = number("expired_keys")
         info.connectedClients = number("connected_clients")
+        if let runID = fields["run_id"], runID.count == 40, runID.allSatisfy({ $0.isHexDigit && $0.isASCII }) { info.runID = String(runID) }
         return info
     }
 }

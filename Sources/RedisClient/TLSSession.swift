@@ -31,26 +31,21 @@ final class TLSSession {
             RedisError(code: .tlsFailed, message: "\(what): \(TLSSession.drainErrors())", target: target)
         }
         guard let context = SSL_CTX_new(TLS_client_method()) else { throw failure("cannot create a TLS context") }
-        self.context = context
+        // The context is set up completely before the session is made from it: SSL_new copies
+        // the verify mode and the client certificate at that moment.
+        do throws(RedisError) {
+            try TLSSession.configure(context, configuration, failure)
+        } catch {
+            SSL_CTX_free(context)
+            throw error
+        }
         guard let ssl = SSL_new(context) else {
             SSL_CTX_free(context)
             throw failure("cannot create a TLS session")
         }
+        self.context = context
         self.ssl = ssl
         // From here on deinit frees both.
-        _ = ci_ssl_ctx_require_tls12(context)
-        SSL_CTX_set_verify(context, SSL_VERIFY_PEER, nil)
-        if let caFile = configuration.caFile {
-            guard SSL_CTX_load_verify_locations(context, caFile, nil) == 1 else { throw failure("cannot load the CA file \(caFile) (cacert= of REDIS_URL)") }
-        } else if SSL_CTX_set_default_verify_paths(context) != 1 {
-            throw failure("cannot load the system's certificate authorities")
-        }
-        if let certificate = configuration.certificateFile {
-            guard SSL_CTX_use_certificate_chain_file(context, certificate) == 1 else { throw failure("cannot load the client certificate \(certificate) (cert= of REDIS_URL)") }
-            let key = configuration.keyFile ?? certificate
-            guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else { throw failure("cannot load the client key \(key) (key= of REDIS_URL)") }
-            guard SSL_CTX_check_private_key(context) == 1 else { throw failure("the client key \(key) does not match the certificate \(certificate)") }
-        }
         let name = configuration.serverName ?? host
         // An IP address is checked against the certificate's IP entries, a name against its DNS
         // entries; SNI carries names only.
@@ -70,6 +65,22 @@ final class TLSSession {
             }
             let detail = SSL_get_error(ssl, result) == SSL_ERROR_SYSCALL && errno == EAGAIN ? "timed out" : TLSSession.drainErrors()
             throw RedisError(code: .tlsFailed, message: "TLS handshake failed: \(detail) (is this port speaking TLS? rediss:// needs the server's tls-port)", target: target)
+        }
+    }
+
+    private static func configure(_ context: OpaquePointer, _ configuration: TLSConfiguration, _ failure: (String) -> RedisError) throws(RedisError) {
+        _ = ci_ssl_ctx_require_tls12(context)
+        SSL_CTX_set_verify(context, SSL_VERIFY_PEER, nil)
+        if let caFile = configuration.caFile {
+            guard SSL_CTX_load_verify_locations(context, caFile, nil) == 1 else { throw failure("cannot load the CA file \(caFile) (cacert= of REDIS_URL)") }
+        } else if SSL_CTX_set_default_verify_paths(context) != 1 {
+            throw failure("cannot load the system's certificate authorities")
+        }
+        if let certificate = configuration.certificateFile {
+            guard SSL_CTX_use_certificate_chain_file(context, certificate) == 1 else { throw failure("cannot load the client certificate \(certificate) (cert= of REDIS_URL)") }
+            let key = configuration.keyFile ?? certificate
+            guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else { throw failure("cannot load the client key \(key) (key= of REDIS_URL)") }
+            guard SSL_CTX_check_private_key(context) == 1 else { throw failure("the client key \(key) does not match the certificate \(certificate)") }
         }
     }
 

@@ -107,12 +107,14 @@ final class TestServers: Sendable {
     }
 
     /// A Redis of its own for a test that stops and restarts it (the shared one serves every test).
-    func startExtraRedis(port: Int? = nil, extraArguments: [String] = []) throws -> Int {
+    /// `probe: false` for a server the plaintext PING cannot reach (TLS only): the caller waits.
+    func startExtraRedis(port: Int? = nil, extraArguments: [String] = [], probe: Bool = true) throws -> Int {
         let port = port ?? TestServers.freePort()
         let arguments = ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory,
                          "--logfile", directory + "/redis-\(port).log", "--daemonize", "yes", "--pidfile", directory + "/redis-\(port).pid"] + extraArguments
         let status = try TestServers.spawnAndWait(TestServers.which("redis-server") ?? "/usr/bin/redis-server", arguments, outputPath: directory + "/redis-start.log")
         guard status == 0 else { throw TestServerError(description: "redis-server on \(port) exited \(status)") }
+        if !probe { return port }
         for _ in 0..<200 {
             if let connection = try? RedisConnection(address: .tcp(host: "127.0.0.1", port: port)),
                let pong = try? connection.command([Array("PING".utf8)]), pong == .status("PONG") || pong.isAuthError {
@@ -131,6 +133,14 @@ final class TestServers: Sendable {
         for _ in 0..<200 where (try? RedisConnection(address: .tcp(host: "127.0.0.1", port: port))) != nil { usleep(25_000) }
     }
 
+
+    /// Stops an extra Redis by its pid file (one no plaintext connection can reach).
+    func killExtraRedis(port: Int) {
+        let pidFile = directory + "/redis-\(port).pid"
+        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return }
+        kill(pid, SIGKILL)
+        try? FileManager.default.removeItem(atPath: pidFile)
+    }
 
     func redisConnection() throws -> RedisConnection {
         try RedisConnection(address: .tcp(host: "127.0.0.1", port: redisPort))

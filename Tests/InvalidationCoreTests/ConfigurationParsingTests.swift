@@ -22,6 +22,20 @@ struct RedisEndpointTests {
         ("unix:///run/redis/redis.sock", RedisEndpoint(address: .unix(path: "/run/redis/redis.sock"))),
         ("unix:///tmp/redis.sock?db=3", RedisEndpoint(address: .unix(path: "/tmp/redis.sock"), database: 3)),
         ("redis+unix:///tmp/redis.sock?db=0", RedisEndpoint(address: .unix(path: "/tmp/redis.sock"))),
+        ("rediss://u:pw@h:6380", RedisEndpoint(address: .tcp(host: "h", port: 6380), username: "u", password: "pw", tls: .init())),
+        ("rediss://h/2?cacert=/etc/ssl/ca.pem&cert=/c.pem&key=/k.pem&sni=cache.example",
+         RedisEndpoint(address: .tcp(host: "h", port: 6379), database: 2,
+                       tls: .init(caFile: "/etc/ssl/ca.pem", certificateFile: "/c.pem", keyFile: "/k.pem", serverName: "cache.example"))),
+        ("rediss://h?cacert=/a%20b/ca.pem", RedisEndpoint(address: .tcp(host: "h", port: 6379), tls: .init(caFile: "/a b/ca.pem"))),
+        ("redis-sentinel://s1,s2:26380,[::1]:26381/mymaster",
+         RedisEndpoint(address: .tcp(host: "s1", port: 26379),
+                       sentinel: .init(nodes: [.init(host: "s1", port: 26379), .init(host: "s2", port: 26380), .init(host: "::1", port: 26381)], masterName: "mymaster"))),
+        ("redis-sentinel://worker:p%40ss@10.0.0.1:26379/cache/3?sentinel_user=sen&sentinel_password=s%26p",
+         RedisEndpoint(address: .tcp(host: "10.0.0.1", port: 26379), username: "worker", password: "p@ss", database: 3,
+                       sentinel: .init(nodes: [.init(host: "10.0.0.1", port: 26379)], masterName: "cache", username: "sen", password: "s&p"))),
+        ("rediss-sentinel://s1/m?cacert=/ca.pem&sentinel_password=x",
+         RedisEndpoint(address: .tcp(host: "s1", port: 26379), tls: .init(caFile: "/ca.pem"),
+                       sentinel: .init(nodes: [.init(host: "s1", port: 26379)], masterName: "m", password: "x"))),
     ])
     func parses(url: String, expected: RedisEndpoint) throws {
         #expect(try RedisEndpoint.parse(url) == expected)
@@ -30,8 +44,25 @@ struct RedisEndpointTests {
     @Test(arguments: [
         ("", "is empty"),
         ("   ", "is empty"),
-        ("rediss://u:pw@h:6380", "TLS"),
-        ("http://h", #"has scheme "http"; expected redis:// or unix://"#),
+        ("http://h", #"has scheme "http"; expected redis://, rediss://, unix:// or redis-sentinel://"#),
+        ("rediss://h?ca=/x", #"has unknown parameter "ca" (rediss:// takes cacert, cert, key, sni)"#),
+        ("rediss://h?cacert=", "has an empty cacert="),
+        ("rediss://h?key=/k.pem", "has key= without cert="),
+        ("redis://h?cacert=/x", "TLS settings go with rediss://"),
+        ("redis-sentinel://s1", "names no master"),
+        ("redis-sentinel://s1/", "names no master"),
+        ("redis-sentinel:///m", #"has sentinel """#),
+        ("redis-sentinel://s1,,s2/m", #"has sentinel """#),
+        ("redis-sentinel://s1:0/m", #"has sentinel "s1:0""#),
+        ("redis-sentinel://s1:99999/m", #"has sentinel "s1:99999""#),
+        ("redis-sentinel://s1:2:3/m", #"has sentinel "s1:2:3""#),
+        ("redis-sentinel://[::1/m", "has sentinel"),
+        ("redis-sentinel://s 1/m", "has sentinel"),
+        ("redis-sentinel://s1/m/x", #"has database "x""#),
+        ("redis-sentinel://s1/m/1/2", "more than master/db"),
+        ("redis-sentinel://s1/m?cacert=/ca.pem", #"has unknown parameter "cacert""#),
+        ("redis-sentinel://s1/m?db=2", #"has unknown parameter "db""#),
+        ("rediss-sentinel://s1/m?key=/k", "has key= without cert="),
         ("redis://", "has no host"),
         ("redis:///0", "has no host"),
         ("redis://h:0", "has port 0; expected 1-65535"),
@@ -64,6 +95,8 @@ struct RedisEndpointTests {
         ("unix://u:s3cr3t-Pa55@/tmp/r.sock?db=2", "unix://u:***@/tmp/r.sock?db=2"),
         ("redis://u@h", "redis://u@h:6379/0"),
         ("redis://h", "redis://h:6379/0"),
+        ("rediss://u:s3cr3t-Pa55@h?cacert=/ca.pem", "rediss://u:***@h:6379/0"),
+        ("redis-sentinel://u:s3cr3t-Pa55@s1,s2:26380/mymaster/1?sentinel_password=s3cr3t-Pa55", "redis-sentinel://u:***@s1:26379,s2:26380/mymaster/1"),
     ])
     func descriptionHidesThePassword(url: String, expected: String) throws {
         let endpoint = try RedisEndpoint.parse(url)
@@ -81,9 +114,10 @@ struct RedisEndpointTests {
     }
 
     @Test(arguments: [
-        "rediss://u:topsecret@h", "http://u:topsecret@h", "redis://u:topsecret@h:0", "redis://u:topsecret@h/x",
+        "http://u:topsecret@h", "redis://u:topsecret@h:0", "redis://u:topsecret@h/x",
         "redis://u:topsecret@h?x=1", "redis://u:topsecret@h\n", "unix://u:topsecret@/tmp/s?foo=1", "redis://u:topsecret@h:abc",
-        "redis://u:topsecret@",
+        "redis://u:topsecret@", "rediss://u:topsecret@h?bad=1", "redis-sentinel://u:topsecret@s1", "redis-sentinel://u:topsecret@s1/m?x=topsecret",
+        "redis-sentinel://u:topsecret@s1:0/m", "rediss-sentinel://u:topsecret@s1/m?key=/k",
     ])
     func errorsNeverContainThePassword(url: String) {
         let error = #expect(throws: RedisEndpoint.ParseError.self) { try RedisEndpoint.parse(url) }

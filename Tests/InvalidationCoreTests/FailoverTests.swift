@@ -116,3 +116,23 @@ struct FailoverMemoryTests {
         #expect(memory.takeReplay(limit: 1_000).map(\.id) == model.map(\.id))
     }
 }
+
+@Suite("RedisMaster")
+struct RedisMasterTests {
+    static let one = String(repeating: "a", count: 40), two = String(repeating: "b", count: 40)
+
+    @Test func anotherAddressOrAnotherProcessReplacesTheMaster() {
+        let master = RedisMaster(address: "10.0.0.1:6379", runID: Self.one)
+        #expect(!master.replaces(master))
+        #expect(RedisMaster(address: "10.0.0.2:6379", runID: Self.one).replaces(master), "a Sentinel failover")
+        #expect(RedisMaster(address: "10.0.0.1:6379", runID: Self.two).replaces(master), "a restart behind the same address")
+        #expect(!RedisMaster(address: "10.0.0.1:6379", runID: nil).replaces(master), "INFO not allowed: the address alone")
+        #expect(RedisMaster(address: "10.0.0.2:6379", runID: nil).replaces(RedisMaster(address: "10.0.0.1:6379", runID: nil)))
+    }
+
+    @Test(arguments: ["", "abc", String(repeating: "g", count: 40), String(repeating: "a", count: 41), String(repeating: "a", count: 39) + "\r"])
+    func aRunIDIsFortyHexDigitsOrNothing(_ value: String) {
+        #expect(RedisInfo.parse("# Server\r\nrun_id:\(value)\r\n").runID == nil)
+        #expect(RedisInfo.parse("run_id:\(Self.one)\r\n").runID == Self.one)
+    }
+}

@@ -237,6 +237,7 @@ extension Worker {
         do {
             let connection = try config.redis.connect(timeoutMilliseconds: config.redisTimeoutMilliseconds)
             try ping(connection)
+            masterReached(RedisMaster(address: connection.address.description, runID: try runID(connection)))
             invalidator = RedisInvalidator(connection: connection, deleteCommand: config.deleteCommand)
             redisPolicy.opened()
             // While Redis was away nothing was remembered of what notifications named.
@@ -246,6 +247,29 @@ extension Worker {
         } catch {
             redisFailed(error)
         }
+    }
+
+    /// The server process's run_id, when INFO is allowed (nil otherwise: the address alone then
+    /// tells masters apart).
+    private func runID(_ connection: RedisConnection) throws(RedisError) -> String? {
+        guard case .bulk(let text) = try connection.command([Array("INFO".utf8), Array("server".utf8)]) else { return nil }
+        return RedisInfo.parse(String(decoding: text, as: UTF8.self)).runID
+    }
+
+    /// Another master than the last one (a Sentinel failover, a restart) may still hold keys
+    /// whose deletion the previous one confirmed and never passed on: they are deleted again
+    /// (`FailoverMemory`).
+    private func masterReached(_ master: RedisMaster) {
+        defer { redisMaster = master }
+        guard let previous = redisMaster, master.replaces(previous) else { return }
+        let (events, dropped) = failover.primaryChanged()
+        reporting.replayedEvents = 0
+        reporting.replayRefilled = 0
+        statistics.update { $0.redisMasterChanges += 1 }
+        var metadata: Logger.Metadata = [LogKey.events: "\(events)", "previous": "\(previous)", "master": "\(master)",
+                                         "replay_window_ms": "\(config.failoverReplayNanoseconds / 1_000_000)"]
+        if dropped > 0 { metadata["dropped_events"] = "\(dropped)" }
+        logger.warning("redis is another master than before (a failover, or a restart): it may hold keys whose deletion the previous one confirmed without passing it on, so the keys of the events acknowledged before are deleted again", metadata: metadata)
     }
 
     func ping(_ connection: RedisConnection) throws(RedisError) {

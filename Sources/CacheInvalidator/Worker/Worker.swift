@@ -54,6 +54,7 @@ final class Worker {
     /// primary that was. Kept across sessions: they are about the servers, not the session.
     var failover: FailoverMemory
     var primary = PrimaryWatch()
+    var redisMaster: RedisMaster?
     /// What `publishState` last told other threads.
     private var published: PublishedState?
 

@@ -59,3 +59,26 @@ public struct PrimaryWatch: Sendable {
         return .same
     }
 }
+
+/// The Redis master the worker deletes on: its address and, when INFO is allowed, its `run_id`.
+/// Another address (a Sentinel failover) or another process behind the same address (a restart
+/// from a snapshot, a replacement) may hold keys whose deletion the previous one confirmed.
+public struct RedisMaster: Sendable, Equatable, CustomStringConvertible {
+    public var address: String
+    public var runID: String?
+
+    public init(address: String, runID: String?) {
+        self.address = address
+        self.runID = runID
+    }
+
+    /// Whether deletions confirmed by `previous` may be missing here. Without run ids (INFO not
+    /// allowed) only the address can tell.
+    public func replaces(_ previous: RedisMaster) -> Bool {
+        if address != previous.address { return true }
+        if let runID, let before = previous.runID { return runID != before }
+        return false
+    }
+
+    public var description: String { runID.map { "\(address) (run_id \($0.prefix(8)))" } ?? address }
+}
