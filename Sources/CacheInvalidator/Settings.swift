@@ -69,7 +69,7 @@ public enum Setting: String, CaseIterable, Sendable {
     public var help: String {
         switch self {
         case .databaseURL: return "PostgreSQL connection URL or libpq string, e.g. postgres://worker:secret@db:5432/app?sslmode=require (required)."
-        case .redisURL: return "Redis URL: redis://[user:password@]host[:port][/db] or unix:///path/redis.sock?db=N."
+        case .redisURL: return "Redis URL: redis://[user:password@]host[:port][/db], unix:///path/redis.sock?db=N, rediss://...?cacert=/ca.pem (TLS; also cert=, key=, sni=), or redis-sentinel://[user:password@]s1:26379,s2:26379/master[/db]."
         case .keyPrefix: return "Prefix of every cache key (the bot's namespace)."
         case .rules: return "JSON rules file replacing the built-in rules (see rules/default-rules.json)."
         case .deleteCommand: return "del or unlink (unlink frees memory off Redis's main thread)."
