@@ -36,6 +36,12 @@ struct BenchKnobTests {
         ["SKIP_BOT_LATENCY": "true"],
         ["BOT_LATENCY_SECONDS": "5s"],
         ["BOT_LATENCY_ROUNDS": "0"],
+        ["LOAD_PROFILE": "pg"],
+        ["PROFILE_CONNECTIONS": "0"],
+        ["PROFILE_CLIENTS": "8x"],
+        ["PROFILE_USERS": "1e4"],
+        ["PROFILE_CONNECTIONS": "87"],
+        ["DRAIN_KEYS": "yes"],
     ])
     func badKnobsAreRefusedByName(_ environment: [String: String]) throws {
         let (status, output) = try Self.run(environment)

@@ -44,9 +44,22 @@ PGBENCH_SECONDS = int(ENV["PGBENCH_SECONDS"])
 PGBENCH_REPEATS = int(ENV["PGBENCH_REPEATS"])
 DRAIN_SIZES = [int(n) for n in ENV["DRAIN_SIZES"].split()]
 DRAIN_CHUNK = int(ENV["DRAIN_CHUNK"])
+# 1: the drain first SETs every event's keys and checks afterwards that none is left; 0: the old
+# keyless drain (the worker deletes keys that do not exist).
+DRAIN_KEYS = ENV.get("DRAIN_KEYS", "1") == "1"
+# The users of the drain's backlog: the keyless drain keeps its 50,000; the drain with keys has
+# 10,000, so 100,000 trades make 4 x 10,000 per-user keys and 100,000 tx keys.
+DRAIN_USERS = 10_000 if DRAIN_KEYS else 50_000
 SOAK_SECONDS = int(ENV["SOAK_SECONDS"])
 SOAK_RATE = int(ENV["SOAK_RATE"])
 SOAK_SAMPLE = int(ENV["SOAK_SAMPLE_SECONDS"])
+# Which lag phases: the standard ones (one probe connection, BACKGROUND_CLIENTS pgbench clients over
+# 100,000 users), the pgbench profile (PROFILE_CONNECTIONS probe connections, PROFILE_CLIENTS
+# clients over PROFILE_USERS users, the deletion seen on __keyevent@0__:del), or both.
+LOAD_PROFILE = ENV.get("LOAD_PROFILE", "standard")
+PROFILE_CONNECTIONS = int(ENV.get("PROFILE_CONNECTIONS", "4"))
+PROFILE_CLIENTS = int(ENV.get("PROFILE_CLIENTS", "8"))
+PROFILE_USERS = int(ENV.get("PROFILE_USERS", "10000"))
 SKIP = {name: ENV.get("SKIP_" + name) == "1" for name in ("LAG", "BACKGROUND", "WRITE", "ROW_ONLY", "BOT_LATENCY", "STALENESS", "DRAIN")}
 STALENESS_SECONDS = int(ENV.get("STALENESS_SECONDS", "20"))
 STALENESS_RATE = int(ENV.get("STALENESS_RATE", "200"))
@@ -78,6 +91,10 @@ WORKER_VARS = ["BATCH_SIZE", "DELETE_COMMAND", "SUMMARY_INTERVAL", "SLOW_THRESHO
 TRADE_COLUMNS = "telegram_id, wallet_address, token_address, side, source, amount_mon, amount_token, tx_hash, status"
 TOKEN = "0x7b0c0000000000000000000000000000000000a5"
 PGBENCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "settled-trade.sql")
+# The pgbench profile's background: the same trade for one of PROFILE_USERS users (pgbench -D users=N).
+PROFILE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "settled-trade-users.sql")
+# Lags counted per probe in the pgbench profile (ms); a missed probe counts as over each.
+PROFILE_OVER_MS = (10, 50, 100)
 
 
 def say(message):
@@ -303,11 +320,14 @@ def scrape_counter(port, name):
 
 # ================================================================ pgbench
 
-def pgbench(url, clients, seconds, rate=None, label="pgbench", transaction_log=None):
-    """Starts pgbench with the settled-trade script; returns (process, log path). With
-    `transaction_log` (a path prefix), pgbench also logs every transaction there (-l)."""
-    args = [os.path.join(PG_BIN, "pgbench"), "-n", "-M", "prepared", "-f", PGBENCH_SCRIPT,
+def pgbench(url, clients, seconds, rate=None, label="pgbench", transaction_log=None, script=PGBENCH_SCRIPT, defines=None):
+    """Starts pgbench with the settled-trade script (or `script`, its variables `defines`);
+    returns (process, log path). With `transaction_log` (a path prefix), pgbench also logs every
+    transaction there (-l)."""
+    args = [os.path.join(PG_BIN, "pgbench"), "-n", "-M", "prepared", "-f", script,
             "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds)]
+    for name, value in (defines or {}).items():
+        args += ["-D", f"{name}={value}"]
     if rate:
         args += ["--rate", str(rate)]
     if transaction_log:
@@ -513,13 +533,182 @@ class Probe:
         }, lags
 
 
+class ProfileProbe:
+    """The pgbench load profile's probe, an independent probe reproduced: open loop at RATE/s
+    over PROFILE_CONNECTIONS autocommit connections (probe i is due at start + i / RATE, taken by
+    whichever connection is free, never "after the previous one"). Each probe SETs the five keys
+    of a settled trade of a telegram id of its own (one MSET), INSERTs the trade, t0 =
+    perf_counter() when the COMMIT returned; a listener thread on its own Redis connection,
+    subscribed to __keyevent@<db>__:del, notes when the probe's portfolio: key was deleted. For
+    the floor, the probe UNLINKs its five keys itself, pipelined, right after t0 (and the worker
+    is stopped)."""
+
+    TID_BASE = 1_000_000_000  # the probes' telegram ids, one per probe; the background's are 300,000 + user
+
+    def __init__(self, connections):
+        self.r = redis.Redis.from_url(REDIS_URL)
+        self.db_index = self.r.connection_pool.connection_kwargs.get("db", 0)
+        self.connections = connections
+        # One PostgreSQL and one Redis connection per probe connection, kept over the runs.
+        self.dbs = [connect() for _ in range(connections)]
+        self.clients = [redis.Redis.from_url(REDIS_URL) for _ in range(connections)]
+        self.next_tid = self.TID_BASE
+        self.sql = (f"INSERT INTO public.trades ({TRADE_COLUMNS}) "
+                    f"VALUES (%s, %s, '{TOKEN}', 'buy', 'manual', 1.5, 4200, %s, 'confirmed')")
+
+    def close(self):
+        for db in self.dbs:
+            db.close()
+        for r in self.clients:
+            r.close()
+
+    @staticmethod
+    def keys(tid, wallet, tx_hash):
+        p = PREFIX
+        return [f"{p}wallet_balance:{wallet}", f"{p}portfolio:{tid}", f"{p}main_menu:{tid}",
+                f"{p}user_state:{tid}", f"{p}tx:{tid}:{tx_hash}"]
+
+    def run(self, count, rate, floor, delete_command="unlink"):
+        base = self.next_tid
+        self.next_tid += count
+        portfolio = f"{PREFIX}portfolio:".encode()
+        seen = {}
+        ready = threading.Event()
+        done = threading.Event()
+        errors = []
+
+        def listen():
+            try:
+                r = redis.Redis.from_url(REDIS_URL)
+                ps = r.pubsub(ignore_subscribe_messages=True)
+                ps.subscribe(f"__keyevent@{self.db_index}__:del")
+                while ps.get_message(timeout=0.05) is not None:
+                    pass
+                ready.set()
+                while not done.is_set():
+                    m = ps.get_message(timeout=0.05)
+                    if m is None:
+                        continue
+                    t = time.perf_counter()
+                    if m["type"] == "message" and m["data"].startswith(portfolio):
+                        tid = m["data"][len(portfolio):]
+                        if tid.isdigit():
+                            seen.setdefault(int(tid), t)
+                ps.close()
+            except Exception as e:  # reported by the main thread
+                errors.append(e)
+                ready.set()
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        ready.wait(10)
+        if errors:
+            raise errors[0]
+        committed = {}
+        timings = {}  # tid: (due, sent late, MSET, INSERT + COMMIT), in seconds
+        start_delays = []
+        lock = threading.Lock()
+        state = {"next": 0, "late": 0}
+        interval = 1.0 / rate
+        delete = delete_command.upper()
+
+        def probe(k):
+            db, r = self.dbs[k], self.clients[k]
+            pipe = r.pipeline(transaction=False)
+            try:
+                while not done.is_set():
+                    with lock:
+                        i = state["next"]
+                        if i >= count:
+                            return
+                        state["next"] += 1
+                    slot = start + i * interval
+                    now = time.perf_counter()
+                    if slot > now:
+                        time.sleep(slot - now)
+                        now = time.perf_counter()
+                    start_delays.append(now - slot)
+                    if now - slot > interval:
+                        with lock:
+                            state["late"] += 1
+                    tid = base + i
+                    wallet = f"0xprobe{tid}"
+                    tx_hash = f"0xpp{tid}"
+                    keys = self.keys(tid, wallet, tx_hash)
+                    r.mset({key: "cached" for key in keys})
+                    t_set = time.perf_counter()
+                    db.execute(self.sql, (tid, wallet, tx_hash), prepare=True)
+                    t0 = time.perf_counter()
+                    committed[tid] = t0
+                    timings[tid] = (i * interval, now - slot, t_set - now, t0 - t_set)
+                    if floor:
+                        pipe.execute_command(delete, *keys)
+                        pipe.execute()
+            except Exception as e:  # reported by the main thread
+                errors.append(e)
+                done.set()
+
+        threads = [threading.Thread(target=probe, args=(k,), daemon=True) for k in range(self.connections)]
+        start = time.perf_counter() + 0.05
+        try:
+            for t in threads:
+                t.start()
+            # Joined with a timeout: the main thread must stay free for a Ctrl-C (Stop).
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.1)
+            elapsed = time.perf_counter() - start
+            if errors:
+                raise errors[0]
+            # Every probe gets MISS_SECONDS from its commit to be seen.
+            deadline = time.perf_counter() + MISS_SECONDS
+            while len(seen) < len(committed) and time.perf_counter() < deadline:
+                time.sleep(0.01)
+        finally:
+            done.set()
+            for t in threads:
+                t.join(2)
+            listener.join(2)
+        lags, missed, negative, rows = [], 0, 0, []
+        for tid, t0 in sorted(committed.items()):
+            t = seen.get(tid)
+            due, sent_late, mset, commit = timings[tid]
+            lag = None if t is None or t - t0 > MISS_SECONDS else max(0.0, t - t0)
+            rows.append((tid - base, f"{due * 1000:.1f}", f"{sent_late * 1000:.3f}", f"{mset * 1000:.3f}",
+                         f"{commit * 1000:.3f}", "" if lag is None else f"{lag * 1000:.4f}"))
+            if lag is None:
+                missed += 1
+                continue
+            if t < t0:
+                negative += 1  # deleted before the client saw its COMMIT return
+            lags.append(lag)
+        over = {f"over_{ms}ms": sum(1 for x in lags if x * 1000 > ms) + missed for ms in PROFILE_OVER_MS}
+        return {
+            "probes": count,
+            "connections": self.connections,
+            "seen": len(lags),
+            "missed": missed,
+            "deleted_before_commit_returned": negative,
+            "rate_target": rate,
+            "rate_achieved": round(count / elapsed, 1),
+            # Probes sent more than one interval behind their schedule (every connection was busy).
+            "late_slots": state["late"],
+            "start_delay_ms": percentiles(start_delays),
+            # The probe's own INSERT + COMMIT (the bot's transaction, as the probe saw it).
+            "insert_commit_ms": percentiles([x[3] for x in timings.values()]),
+            "lag_ms": percentiles(lags),
+            # Probes whose key was deleted more than N ms after their COMMIT returned, or never (missed).
+            **over,
+        }, lags, rows
+
+
 # ================================================================ phases
 
 class Bench:
     def __init__(self):
         self.conn = connect()
         self.worker = Worker()
-        self.results = {"meta": self.meta(), "lag": {}, "write_path": {}, "write_path_row_only": {}, "write_path_parts": {}, "bot_latency": {}, "staleness": {}, "drain": {}, "soak": None}
+        self.results = {"meta": self.meta(), "lag": {}, "lag_pgbench": {}, "write_path": {}, "write_path_row_only": {}, "write_path_parts": {}, "bot_latency": {}, "staleness": {}, "drain": {}, "soak": None}
         self.samples = {}
 
     def meta(self):
@@ -552,7 +741,9 @@ class Bench:
             "key_prefix": PREFIX,
             "knobs": {"PROBES": PROBES, "RATE": RATE, "BACKGROUND_RATE": BG_RATE, "BACKGROUND_CLIENTS": BG_CLIENTS,
                       "CLIENTS": CLIENTS, "PGBENCH_SECONDS": PGBENCH_SECONDS, "PGBENCH_REPEATS": PGBENCH_REPEATS,
-                      "DRAIN_SIZES": DRAIN_SIZES, "DRAIN_CHUNK": DRAIN_CHUNK, "SOAK_SECONDS": SOAK_SECONDS,
+                      "DRAIN_SIZES": DRAIN_SIZES, "DRAIN_CHUNK": DRAIN_CHUNK, "DRAIN_KEYS": DRAIN_KEYS, "SOAK_SECONDS": SOAK_SECONDS,
+                      "LOAD_PROFILE": LOAD_PROFILE, "PROFILE_CONNECTIONS": PROFILE_CONNECTIONS,
+                      "PROFILE_CLIENTS": PROFILE_CLIENTS, "PROFILE_USERS": PROFILE_USERS,
                       "SOAK_RATE": SOAK_RATE, "WRITE_PARTS": WRITE_PARTS, "PARTS_ROUNDS": PARTS_ROUNDS, "PARTS_SECONDS": PARTS_SECONDS,
                       "BOT_LATENCY_SECONDS": BOT_LATENCY_SECONDS,
                       "BOT_LATENCY_ROUNDS": BOT_LATENCY_ROUNDS, "SKIP": [k for k, v in SKIP.items() if v],
@@ -621,6 +812,92 @@ class Bench:
         for load, _ in loads:
             floor = self.results["lag"].get(f"floor_{load}")
             worker = self.results["lag"].get(f"worker_{load}")
+            if floor and worker:
+                worker["ratio_to_floor"] = {
+                    k: (round(worker["lag_ms"][k] / floor["lag_ms"][k], 2) if floor["lag_ms"][k] else None)
+                    for k in worker["lag_ms"]}
+
+    # ------------------------------------------------------------ lag, the pgbench load profile
+    def lag_pgbench(self):
+        """The pgbench load profile (LOAD_PROFILE=pgbench or both): an independent probe
+        reproduced. PROBES probes at RATE/s over PROFILE_CONNECTIONS connections (ProfileProbe),
+        at rest and with `pgbench -n -M prepared -c PROFILE_CLIENTS -j 2 --rate BACKGROUND_RATE`
+        inserting one settled trade per transaction for PROFILE_USERS other users (keys never
+        set), started a second before the probes; each as the in-app floor and with the worker,
+        back to back. Results in results["lag_pgbench"], samples as pgbench_<mode>_<load>."""
+        probe = ProfileProbe(PROFILE_CONNECTIONS)
+        r = redis.Redis.from_url(REDIS_URL)
+        notify = r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+        # E: keyevent channels; g: DEL/UNLINK. Put back as it was at the end.
+        r.config_set("notify-keyspace-events", "Eg")
+        out = self.results["lag_pgbench"]
+        loads = [("idle", 0)] + ([] if SKIP["BACKGROUND"] or BG_RATE == 0 else [("background", BG_RATE)])
+        samples = open(os.path.join(RESULTS, "lag-pgbench-samples.csv"), "w")
+        samples.write("phase,probe,due_ms,sent_late_ms,mset_ms,insert_commit_ms,lag_ms\n")
+        try:
+            for load, bg in loads:
+                for mode in ("floor", "worker"):
+                    name = f"{mode}_{load}"
+                    label = f"lag-pgbench-{mode}-{load}"
+                    if mode == "floor":
+                        self.stop_worker()
+                        if pending(self.conn):
+                            # Events still pending (a floor run leaves its own): the worker drains them, then stops.
+                            self.ensure_worker(f"{label}-predrain")
+                            self.stop_worker()
+                    else:
+                        self.ensure_worker(label)
+                    settle(self.conn, label)
+                    # The floor holds W, as a polling worker does: writers skip the NOTIFY nobody
+                    # listens to (in the in-app design nothing notifies), so its background is the
+                    # worker's (unheld, every commit notifies and serializes: far below the rate).
+                    hold = hold_polling_lock() if mode == "floor" else None
+                    say(f"lag, pgbench profile: {name}: {PROBES} probes at {RATE}/s over {PROFILE_CONNECTIONS} connections"
+                        + (f", pgbench -c {PROFILE_CLIENTS} --rate {bg} over {PROFILE_USERS} other users" if bg else ", at rest")
+                        + (" (worker stopped, W held, the probe deletes its own keys)" if mode == "floor" else ""))
+                    meter = Meter(self.worker, self.conn) if mode == "worker" else None
+                    bg_proc = None
+                    if bg:
+                        # A second before the probes, to a second after the last one is due.
+                        seconds = math.ceil(PROBES / RATE) + 2
+                        bg_proc, bg_log = pgbench(DB, PROFILE_CLIENTS, seconds, rate=bg, label=f"pgbench-{label}",
+                                                  script=PROFILE_SCRIPT, defines={"users": PROFILE_USERS})
+                        time.sleep(1)
+                    try:
+                        result, lags, rows = probe.run(PROBES, RATE, floor=(mode == "floor"),
+                                                       delete_command=ENV.get("DELETE_COMMAND", "unlink"))
+                        if bg_proc is not None:
+                            b = pgbench_result(bg_proc, bg_log, seconds + 30)
+                    finally:
+                        if bg_proc is not None and bg_proc.poll() is None and _stopping:
+                            terminate(bg_proc)
+                        if hold is not None:
+                            hold.close()
+                    if bg_proc is not None:
+                        result["background"] = {"target_per_s": bg, "achieved_per_s": round(b["tps"], 1),
+                                                "clients": PROFILE_CLIENTS, "threads": min(PROFILE_CLIENTS, 2),
+                                                "users": PROFILE_USERS, "pgbench": b}
+                    else:
+                        result["background"] = None
+                    result["w_held"] = hold is not None
+                    samples.writelines(f"{name},{','.join(str(x) for x in row)}\n" for row in rows)
+                    if meter:
+                        wait_drained(self.conn)
+                        result["worker"] = meter.finish()
+                    result["mode"], result["load"] = mode, load
+                    result["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+                    self.samples[f"pgbench_{name}"] = lags
+                    out[name] = result
+                    p = result["lag_ms"]
+                    say(f"lag, pgbench profile: {name}: p50 {p['p50']} ms, p99 {p['p99']} ms, p99.9 {p['p99.9']} ms, "
+                        f"max {p['max']} ms, over 10 ms {result['over_10ms']}, over 100 ms {result['over_100ms']}, "
+                        f"missed {result['missed']}" + (f", background achieved {result['background']['achieved_per_s']}/s" if bg else ""))
+        finally:
+            samples.close()
+            r.config_set("notify-keyspace-events", notify)
+            probe.close()
+        for load, _ in loads:
+            floor, worker = out.get(f"floor_{load}"), out.get(f"worker_{load}")
             if floor and worker:
                 worker["ratio_to_floor"] = {
                     k: (round(worker["lag_ms"][k] / floor["lag_ms"][k], 2) if floor["lag_ms"][k] else None)
@@ -874,14 +1151,15 @@ class Bench:
             self.stop_worker()
         settle(self.conn, f"drain-{size}")
         first = scalar(self.conn, "SELECT COALESCE(max(id), 0) FROM cache_invalidation.events") + 1
-        say(f"drain: writing a backlog of {size} settled trades (worker stopped, {DRAIN_CHUNK} per transaction)")
+        say(f"drain: writing a backlog of {size} settled trades of {min(size, DRAIN_USERS)} users "
+            f"(worker stopped, {DRAIN_CHUNK} per transaction)")
         t = time.perf_counter()
         written = 0
         while written < size:
             n = min(DRAIN_CHUNK, size - written)
             self.conn.execute(
                 f"INSERT INTO public.trades ({TRADE_COLUMNS}) "
-                f"SELECT 200000 + g %% 50000, '0xdrain' || (g %% 50000), '{TOKEN}', "
+                f"SELECT 200000 + g %% {DRAIN_USERS}, '0xdrain' || (g %% {DRAIN_USERS}), '{TOKEN}', "
                 f"CASE WHEN g %% 4 = 0 THEN 'sell' ELSE 'buy' END, 'auto', 1.5, 4200, "
                 f"'0xd{size}_' || g, CASE WHEN g %% 10 = 0 THEN 'failed' ELSE 'confirmed' END "
                 f"FROM generate_series(%s::int8, %s::int8) AS g", (written + 1, written + n))
@@ -891,8 +1169,11 @@ class Bench:
         backlog = pending(self.conn)
         if last - first + 1 != size or backlog != size:
             raise RuntimeError(f"expected a backlog of {size} events (ids {first}..{last}), found {backlog} pending")
+        keys, notify = self.set_drain_keys(size) if DRAIN_KEYS else (None, None)
         settle(self.conn, f"drain-{size}-written")
-        say(f"drain: {size} events written in {write_seconds:.1f} s; starting the worker")
+        say(f"drain: {size} events written in {write_seconds:.1f} s"
+            + (f", their {keys['distinct_keys']} keys set in {keys['set_seconds']:.1f} s" if keys else " (no keys set)")
+            + "; starting the worker")
         poll = self.conn.cursor()
         queue = has_queue(self.conn)
         done_sql = ("SELECT NOT EXISTS (SELECT 1 FROM cache_invalidation.pending WHERE id = %s)" if queue
@@ -928,8 +1209,16 @@ class Bench:
             own = scalar(self.conn, "SELECT extract(epoch FROM max(processed_at) - min(processed_at))::float8 "
                                     "FROM cache_invalidation.events WHERE id BETWEEN %s AND %s", (first, last))
         w = meter.finish(events=size)
+        if keys:
+            keys["left"] = self.count_drain_keys(size)
+            redis.Redis.from_url(REDIS_URL).config_set("notify-keyspace-events", notify)
         result = {
             "events": size,
+            # With keys: every event's keys were SET before the worker started (keys), and those
+            # still there once the last event was acknowledged are keys.left (must be 0).
+            "with_keys": DRAIN_KEYS,
+            "users": min(size, DRAIN_USERS),
+            "keys": keys,
             "write_seconds": round(write_seconds, 2),
             "write_events_per_s": round(size / write_seconds),
             "external_seconds": round(external, 3),
@@ -942,9 +1231,65 @@ class Bench:
             "log": os.path.basename(self.worker.log_path),
         }
         self.results["drain"][str(size)] = result
-        say(f"drain: {size} events: {result['external_events_per_s']}/s from start (worker's own: "
-            f"{result['worker_events_per_s']}/s), peak RSS {w['peak_rss_kb'] / 1024:.1f} MB, "
-            f"CPU {w['cpu_seconds_per_1000_events']} s per 1000 events")
+        say(f"drain: {size} events{' with keys' if keys else ', keyless'}: {result['external_events_per_s']}/s from start "
+            f"(worker's own: {result['worker_events_per_s']}/s), peak RSS {w['peak_rss_kb'] / 1024:.1f} MB, "
+            f"CPU {w['cpu_seconds_per_1000_events']} s per 1000 events"
+            + (f"; keys left {keys['left']} of {keys['distinct_keys']}" if keys else ""))
+
+    @staticmethod
+    def drain_keys(size, chunk=10_000):
+        """The keys of the backlog's events as the default rules render them from the trigger's
+        payload (the INSERT ... SELECT of drain(): user u = g % DRAIN_USERS, telegram id 200000 + u,
+        wallet 0xdrain<u>, tx hash 0xd<size>_<g>; no sell_id, so no temp_sell_data key), each
+        distinct key once, in lists of about `chunk`: first the four per-user keys of every user,
+        then every trade's tx key."""
+        p = PREFIX
+        users = sorted({g % DRAIN_USERS for g in range(1, min(size, DRAIN_USERS) + 1)})
+        out = []
+        for u in users:
+            tid = 200000 + u
+            out += [f"{p}wallet_balance:0xdrain{u}", f"{p}portfolio:{tid}", f"{p}main_menu:{tid}", f"{p}user_state:{tid}"]
+            if len(out) >= chunk:
+                yield out
+                out = []
+        for g in range(1, size + 1):
+            out.append(f"{p}tx:{200000 + g % DRAIN_USERS}:0xd{size}_{g}")
+            if len(out) >= chunk:
+                yield out
+                out = []
+        if out:
+            yield out
+
+    def set_drain_keys(self, size):
+        """SETs every key of the backlog (pipelined MSETs of 10,000 keys), keyspace notifications
+        off until the check (a drain deleting keys would otherwise publish one per key; the lag
+        phases turn them on); returns what was set, and the setting to put back after the check."""
+        r = redis.Redis.from_url(REDIS_URL)
+        notify = r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+        r.config_set("notify-keyspace-events", "")
+        t = time.perf_counter()
+        distinct = 0
+        pipe = r.pipeline(transaction=False)
+        for n, chunk in enumerate(self.drain_keys(size)):
+            pipe.mset(dict.fromkeys(chunk, "cached"))
+            distinct += len(chunk)
+            if n % 10 == 9:
+                pipe.execute()
+        pipe.execute()
+        set_seconds = time.perf_counter() - t
+        present = self.count_drain_keys(size)
+        if present != distinct:
+            raise RuntimeError(f"drain: {distinct} keys set, but {present} of them are in Redis")
+        return {"distinct_keys": distinct, "present_before": present, "set_seconds": round(set_seconds, 2),
+                "left": None}, notify
+
+    def count_drain_keys(self, size):
+        """How many of the backlog's keys are in Redis (EXISTS, pipelined)."""
+        r = redis.Redis.from_url(REDIS_URL)
+        pipe = r.pipeline(transaction=False)
+        for chunk in self.drain_keys(size):
+            pipe.exists(*chunk)
+        return sum(pipe.execute())
 
     # ------------------------------------------------------------ soak
     def soak(self):
@@ -996,8 +1341,10 @@ class Bench:
     # ------------------------------------------------------------ all
     def run(self):
         try:
-            if not SKIP["LAG"]:
+            if not SKIP["LAG"] and LOAD_PROFILE in ("standard", "both"):
                 self.lag()
+            if not SKIP["LAG"] and LOAD_PROFILE in ("pgbench", "both"):
+                self.lag_pgbench()
             if not SKIP["WRITE"]:
                 self.write_path()
             if not SKIP["ROW_ONLY"]:
@@ -1039,9 +1386,25 @@ def targets(res):
     add(f"lag p99 at {RATE}/s", "<= 1.0 ms", w and w["lag_ms"]["p99"], w and w["lag_ms"]["p99"] <= 1.0, "ms")
     wb = lag.get("worker_background")
     add(f"lag p99 at {RATE}/s + {BG_RATE}/s background", "<= 2.0 ms", wb and wb["lag_ms"]["p99"], wb and wb["lag_ms"]["p99"] <= 2.0, "ms")
+    lp = res.get("lag_pgbench") or {}
+    fb, wb = lp.get("floor_background"), lp.get("worker_background")
+    qb = wb and wb.get("ratio_to_floor")
+    if wb:
+        add("pgbench profile, bg: lag p99 / floor's", "<= 1.25", qb and qb["p99"], qb and qb["p99"] is not None and qb["p99"] <= 1.25, "x")
+        add("pgbench profile, bg: lag p99", "<= 2.0 ms", wb["lag_ms"]["p99"], wb["lag_ms"]["p99"] is not None and wb["lag_ms"]["p99"] <= 2.0, "ms")
+        add("pgbench profile, bg: lag p99.9 / floor's", "<= 2.0", qb and qb["p99.9"], qb and qb["p99.9"] is not None and qb["p99.9"] <= 2.0, "x")
+        add("pgbench profile, bg: probes over 50 ms", "= 0", wb["over_50ms"], wb["over_50ms"] == 0)
+    wi = lp.get("worker_idle")
+    qi = wi and wi.get("ratio_to_floor")
+    if wi:
+        add("pgbench profile, at rest: lag p50 / floor's", "<= 1.0", qi and qi["p50"], qi and qi["p50"] is not None and qi["p50"] <= 1.0, "x")
+        add("pgbench profile, at rest: lag p99 / floor's", "<= 1.0", qi and qi["p99"], qi and qi["p99"] is not None and qi["p99"] <= 1.0, "x")
     for size, d in res["drain"].items():
-        add(f"drain rate, {int(size):,} backlog (external)", ">= 100,000 events/s", d["external_events_per_s"],
+        kind = "with keys" if d.get("with_keys") else "keyless"
+        add(f"drain rate, {int(size):,} backlog ({kind}, external)", ">= 100,000 events/s", d["external_events_per_s"],
             d["external_events_per_s"] >= 100_000, "events/s")
+        if d.get("keys"):
+            add(f"keys left after the {int(size):,} drain", "= 0", d["keys"]["left"], d["keys"]["left"] == 0)
     for clients, wp in res["write_path"].items():
         if clients == "worker":
             continue
@@ -1058,8 +1421,8 @@ def targets(res):
         w = v["by_fill"]["within_window"]
         add(f"stale keys, fills within the window ({v['redelete_after']})", "= 0 per million writes",
             w["stale_per_million_writes"], w["stale"] == 0, "per M")
-    missed = sum(v["missed"] for v in lag.values())
-    if lag:
+    missed = sum(v["missed"] for v in lag.values()) + sum(v["missed"] for v in lp.values())
+    if lag or lp:
         add("missed probes (key not deleted within 5 s)", "= 0", missed, missed == 0)
     return out
 
@@ -1092,6 +1455,30 @@ def table(res):
                 q = r["ratio_to_floor"]
                 lines.append(f"{'  x floor':<22} {fmt(q['p50'], 2):>8} {fmt(q['p90'], 2):>8} {fmt(q['p99'], 2):>8} "
                              f"{fmt(q['p99.9'], 2):>8} {fmt(q['max'], 2):>8}")
+        lines.append("")
+    lp = res.get("lag_pgbench") or {}
+    if lp:
+        lines.append(f"Commit-to-deletion lag, pgbench load profile (ms; {PROBES} probes at {RATE}/s over {PROFILE_CONNECTIONS} connections; "
+                     f"background: pgbench -c {PROFILE_CLIENTS} -j {min(PROFILE_CLIENTS, 2)} --rate {BG_RATE}, {PROFILE_USERS} other users;")
+        lines.append("idle = at rest; >N ms: probes deleted more than N ms after their COMMIT returned, or missed; ratio = worker / floor)")
+        lines.append(f"{'phase':<22} {'p50':>8} {'p99':>8} {'p99.9':>8} {'max':>8} {'>10ms':>6} {'>50ms':>6} {'>100ms':>6} {'missed':>6}  "
+                     f"{'bg/s':>7}  {'CPU s/1k':>8} {'RSS MB':>7}")
+        for name in ("floor_idle", "worker_idle", "floor_background", "worker_background"):
+            r = lp.get(name)
+            if not r:
+                continue
+            p = r["lag_ms"]
+            bg = r["background"]["achieved_per_s"] if r["background"] else 0
+            w = r.get("worker") or {}
+            lines.append(f"{name:<22} {fmt(p['p50']):>8} {fmt(p['p99']):>8} {fmt(p['p99.9']):>8} {fmt(p['max']):>8} "
+                         f"{r['over_10ms']:>6} {r['over_50ms']:>6} {r['over_100ms']:>6} {r['missed']:>6}  {bg:>7.0f}  "
+                         f"{fmt(w.get('cpu_seconds_per_1000_events'), 3):>8} {fmt(w['peak_rss_kb'] / 1024 if w else None, 1):>7}")
+            if "ratio_to_floor" in r:
+                q = r["ratio_to_floor"]
+                lines.append(f"{'  x floor':<22} {fmt(q['p50'], 2):>8} {fmt(q['p99'], 2):>8} {fmt(q['p99.9'], 2):>8} {fmt(q['max'], 2):>8}")
+        late = [f"{name} {r['late_slots']}" for name, r in lp.items() if r["late_slots"]]
+        if late:
+            lines.append("late probes (sent more than one interval behind schedule: every connection busy): " + ", ".join(late))
         lines.append("")
     wp = res["write_path"]
     if wp or res["write_path_row_only"] or res.get("write_path_parts"):
@@ -1131,12 +1518,16 @@ def table(res):
         lines += staleness_table(st)
         lines.append("")
     if res["drain"]:
-        lines.append("Backlog drain (written with the worker stopped, then the worker started)")
-        lines.append(f"{'events':>9} {'external/s':>11} {'worker own/s':>13} {'seconds':>8} {'CPU s/1k':>9} {'peak RSS MB':>12} {'written/s':>10}")
+        lines.append("Backlog drain (written with the worker stopped, then the worker started; with keys: every event's keys SET "
+                     "first, keys left = those still in Redis after the last acknowledgement)")
+        lines.append(f"{'events':>9} {'keys':>9} {'external/s':>11} {'worker own/s':>13} {'seconds':>8} {'CPU s/1k':>9} {'peak RSS MB':>12} "
+                     f"{'written/s':>10} {'keys left':>10}")
         for size, d in res["drain"].items():
-            lines.append(f"{int(size):>9} {d['external_events_per_s']:>11} {fmt(d['worker_events_per_s']):>13} "
-                         f"{d['external_seconds']:>8.2f} {fmt(d['worker']['cpu_seconds_per_1000_events']):>9} "
-                         f"{d['worker']['peak_rss_kb'] / 1024:>12.1f} {d['write_events_per_s']:>10}")
+            k = d.get("keys")
+            lines.append(f"{int(size):>9} {(k['distinct_keys'] if k else 'none'):>9} {d['external_events_per_s']:>11} "
+                         f"{fmt(d['worker_events_per_s']):>13} {d['external_seconds']:>8.2f} "
+                         f"{fmt(d['worker']['cpu_seconds_per_1000_events']):>9} {d['worker']['peak_rss_kb'] / 1024:>12.1f} "
+                         f"{d['write_events_per_s']:>10} {(fmt(k['left']) if k else '-'):>10}")
         lines.append("")
     s = res.get("soak")
     if s:
@@ -1251,7 +1642,9 @@ def svg(samples, path):
     out.append(f'<text transform="translate(18,{T + ph / 2}) rotate(-90)" text-anchor="middle">lag (ms, log scale)</text>')
     out.append(f'<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>')
     styles = {"floor_idle": ("#1f77b4", "6,4"), "worker_idle": ("#1f77b4", ""),
-              "floor_background": ("#d62728", "6,4"), "worker_background": ("#d62728", "")}
+              "floor_background": ("#d62728", "6,4"), "worker_background": ("#d62728", ""),
+              "pgbench_floor_idle": ("#2ca02c", "6,4"), "pgbench_worker_idle": ("#2ca02c", ""),
+              "pgbench_floor_background": ("#ff7f0e", "6,4"), "pgbench_worker_background": ("#ff7f0e", "")}
     for k, (name, values) in enumerate(series):
         s = sorted(values)
         n = len(s)
@@ -1320,9 +1713,13 @@ def main():
     if (res.get("staleness") or {}).get("variants"):
         say(f"race:    {os.path.join(RESULTS, 'staleness-samples.csv')} (each raced write)")
     say(f"logs:    {RESULTS}/worker-*.log, pgbench-*.log, postgres.log")
-    missed = sum(v["missed"] for v in res["lag"].values())
+    missed = sum(v["missed"] for v in res["lag"].values()) + sum(v["missed"] for v in res["lag_pgbench"].values())
+    left = sum(d["keys"]["left"] for d in res["drain"].values() if d.get("keys"))
     if missed and ok:
         say(f"error: {missed} probes missed (key not deleted within {MISS_SECONDS:.0f} s)")
+    if left and ok:
+        say(f"error: {left} keys of the drained backlogs still in Redis after the drain")
+    if (missed or left) and ok:
         return 1
     return 0 if ok else failed
 
