@@ -307,7 +307,14 @@ struct EventLog {
               WHERE e.created_at >= now() - make_interval(secs => $1::float8 + 60)
                 AND e.processed_at >= now() - make_interval(secs => $1::float8 + 60)
               """
-        let row = try connection.execute("SELECT (\(low)), (SELECT max(id) FROM cache_invalidation.events)", [String(seconds)]).rows.first
+        // The newest acknowledged event, not the newest event: a backlog still pending above the
+        // acknowledged ones would otherwise widen the range past the takeover bound and push the
+        // events that owe a second deletion out of it.
+        let acknowledged = queue
+            ? "NOT EXISTS (SELECT 1 FROM cache_invalidation.pending p WHERE p.id = e.id)"
+            : "e.processed_at IS NOT NULL"
+        let high = "SELECT e.id FROM cache_invalidation.events e WHERE \(acknowledged) ORDER BY e.id DESC LIMIT 1"
+        let row = try connection.execute("SELECT (\(low)), (\(high))", [String(seconds)]).rows.first
         guard let lowText = row?[0], let low = Int64(lowText), let highText = row?[1], let high = Int64(highText), low <= high else { return nil }
         return low...high
     }

@@ -43,7 +43,7 @@ public struct WorkerConfiguration: Sendable {
     /// the writes an asynchronous standby may lack. 0 off.
     public var failoverReplayNanoseconds: UInt64 = 10_000_000_000
     /// Events held in memory for that replay; past it the oldest are dropped (and counted).
-    public var failoverMemoryEvents: Int = 100_000
+    public var failoverMemoryEvents: Int = 20_000
     /// A new session must hear a notification another session sent within this: the proof that
     /// LISTEN works through DATABASE_URL (a pooler in transaction mode breaks it silently).
     public var listenProbeTimeoutSeconds: Double = 1

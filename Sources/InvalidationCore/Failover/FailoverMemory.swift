@@ -20,7 +20,7 @@ public struct FailoverMemory: Sendable {
     public private(set) var dropped = 0
     private var replay: [InvalidationEvent] = []
 
-    public init(window: UInt64, eventBound: Int = 100_000) {
+    public init(window: UInt64, eventBound: Int = 20_000) {
         self.window = window
         self.eventBound = max(1, eventBound)
     }
