@@ -199,10 +199,23 @@ public struct HealthCheck {
     private func redisFinding() -> Finding {
         let endpoint = configuration.redis
         do {
-            let connection = try endpoint.connect(timeoutMilliseconds: configuration.redisTimeoutMilliseconds)
+            let target = try endpoint.open(timeoutMilliseconds: configuration.redisTimeoutMilliseconds)
+            let connection = try target.anyConnection()
             // Deleting a key that does not exist proves the permission the worker needs, harmlessly.
             let probe = configuration.keyPrefix + "cache-invalidator:check"
-            let reply = try connection.command([configuration.deleteCommand.argument, Array(probe.utf8)])
+            let reply: RedisReply
+            var topology = ""
+            switch target {
+            case .single:
+                reply = try connection.command([configuration.deleteCommand.argument, Array(probe.utf8)])
+            case .cluster(let cluster):
+                reply = try cluster.pipeline([[configuration.deleteCommand.argument, Array(probe.utf8)]], slots: [HashSlot.of(Array(probe.utf8))])[0]
+                let masters = cluster.topology.masters
+                topology = ", a cluster of \(masters.count) masters (\(masters.map(\.description).joined(separator: ", ")))"
+                if cluster.topology.uncovered > 0 {
+                    return Finding(ok: false, subject: "redis", detail: "\(endpoint)\(topology): \(cluster.topology.uncovered) slots have no master; keys there cannot be deleted until the cluster heals")
+                }
+            }
             if case .error(let message) = reply {
                 return Finding(ok: false, subject: "redis", detail: "\(endpoint): \(configuration.deleteCommand.rawValue.uppercased()) refused: \(message)")
             }
@@ -211,7 +224,7 @@ public struct HealthCheck {
             if case .error(let message) = scan {
                 return Finding(ok: false, subject: "redis", detail: "\(endpoint): SCAN refused (pattern rules need it): \(message)")
             }
-            return Finding(ok: true, subject: "redis", detail: "connected to \(endpoint), \(configuration.deleteCommand.rawValue.uppercased()) and SCAN allowed under \(configuration.keyPrefix.debugDescription)")
+            return Finding(ok: true, subject: "redis", detail: "connected to \(endpoint)\(topology), \(configuration.deleteCommand.rawValue.uppercased()) and SCAN allowed under \(configuration.keyPrefix.debugDescription)")
         } catch {
             return Finding(ok: false, subject: "redis", detail: "\(error)")
         }

@@ -2,6 +2,44 @@ import InvalidationCore
 import RedisClient
 
 extension RedisEndpoint {
+    /// Connects and finds out what is there: a Redis Cluster (`CLUSTER SLOTS` answers a slot
+    /// map) or one server. Starts from the URL's node(s), then `knownNodes` (the masters seen
+    /// last time: the URL's node may be the one that failed). With Sentinel, the master.
+    func open(timeoutMilliseconds: Int, knownNodes: [ClusterTopology.Node] = []) throws(RedisError) -> RedisTarget {
+        guard sentinel == nil, case .tcp(let host, let port) = address else {
+            return .single(try connect(timeoutMilliseconds: timeoutMilliseconds))
+        }
+        var candidates = [ClusterTopology.Node(host: host, port: port)] + seeds.map { ClusterTopology.Node(host: $0.host, port: $0.port) }
+        for node in knownNodes where !candidates.contains(node) { candidates.append(node) }
+        var lastError: RedisError?
+        for node in candidates {
+            do throws(RedisError) {
+                let connection = try RedisConnection(address: .tcp(host: node.host, port: node.port), tls: tlsConfiguration, timeoutMilliseconds: timeoutMilliseconds)
+                try connection.handshake(username: username, password: password, database: 0)
+                let reply = try connection.command(["CLUSTER", "SLOTS"].map { Array($0.utf8) })
+                if case .error(let message) = reply {
+                    // Not a cluster (or the user may not ask, as before +cluster|slots): one server.
+                    guard message.contains("cluster support disabled") || message.hasPrefix("NOPERM") else {
+                        throw RedisError(code: .commandFailed, message: "CLUSTER SLOTS: \(message)", target: node.description)
+                    }
+                    try connection.handshake(username: nil, password: nil, database: database)
+                    return .single(connection)
+                }
+                guard let topology = RedisCluster.topology(from: reply), !topology.masters.isEmpty else {
+                    throw RedisError(code: .unexpectedReply, message: "CLUSTER SLOTS answered no slot map", target: node.description)
+                }
+                guard database == 0 else {
+                    throw RedisError(code: .commandFailed, message: "REDIS_URL names database \(database), but a Redis Cluster has only database 0", target: node.description)
+                }
+                return .cluster(RedisCluster(seed: node, connection: connection, topology: topology, endpoint: self, timeoutMilliseconds: timeoutMilliseconds))
+            } catch {
+                lastError = error
+                if error.code == .commandFailed || error.code == .authenticationFailed || error.code == .tlsFailed { throw error }
+            }
+        }
+        throw lastError ?? RedisError(code: .connectionFailed, message: "no node to connect to")
+    }
+
     /// Connects and authenticates (AUTH, SELECT) with this endpoint's credentials. With
     /// sentinels, to the master they name, checked with ROLE.
     func connect(timeoutMilliseconds: Int) throws(RedisError) -> RedisConnection {

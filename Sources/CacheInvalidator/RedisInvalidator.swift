@@ -1,10 +1,11 @@
 import InvalidationCore
 import RedisClient
 
-/// Executes an `InvalidationPlan` against Redis: exact keys in one pipelined round trip,
-/// patterns by `SCAN ... MATCH` (never `KEYS`, which blocks Redis on a large keyspace).
+/// Executes an `InvalidationPlan` against Redis: exact keys in one pipelined round trip (on a
+/// cluster, one per master, all at once), patterns by `SCAN ... MATCH` (never `KEYS`, which
+/// blocks Redis on a large keyspace; on a cluster, on every master).
 struct RedisInvalidator {
-    let connection: RedisConnection
+    let target: RedisTarget
     let deleteCommand: WorkerConfiguration.DeleteCommand
     /// Keys per DEL/UNLINK command: bounds the size of one command while keeping one round trip.
     static let keysPerCommand = 512
@@ -20,7 +21,7 @@ struct RedisInvalidator {
     func execute(_ plan: InvalidationPlan) throws(RedisError) -> Outcome {
         var outcome = Outcome()
         if !plan.keyBytes.isEmpty {
-            outcome.removed += try confirm(connection.pipeline(commands(deleting: plan.keyBytes)))
+            outcome.removed += try confirm(send(commands(deleting: plan.keyBytes)))
         }
         for pattern in plan.patterns {
             outcome.removed += try deleteMatching(pattern)
@@ -29,20 +30,41 @@ struct RedisInvalidator {
         return outcome
     }
 
-    /// DEL/UNLINK commands for these keys, `keysPerCommand` at most in each.
-    private func commands(deleting keys: [[UInt8]]) -> [[[UInt8]]] {
-        var commands: [[[UInt8]]] = []
-        commands.reserveCapacity(keys.count / Self.keysPerCommand + 1)
-        var index = 0
-        while index < keys.count {
-            let end = min(index + Self.keysPerCommand, keys.count)
-            var command: [[UInt8]] = [deleteCommand.argument]
-            command.reserveCapacity(end - index + 1)
-            command.append(contentsOf: keys[index..<end])
-            commands.append(command)
-            index = end
+    /// DEL/UNLINK commands for these keys, `keysPerCommand` at most in each; on a cluster the
+    /// keys of one command share a slot (a multi-key command across slots is refused), and each
+    /// command carries its slot.
+    private func commands(deleting keys: [[UInt8]]) -> [(command: [[UInt8]], slot: Int)] {
+        var groups: [(slot: Int, keys: ArraySlice<[UInt8]>)] = []
+        switch target {
+        case .single:
+            groups = [(0, keys[...])]
+        case .cluster:
+            var bySlot: [Int: [[UInt8]]] = [:]
+            for key in keys { bySlot[HashSlot.of(key), default: []].append(key) }
+            groups = bySlot.sorted { $0.key < $1.key }.map { ($0.key, $0.value[...]) }
+        }
+        var commands: [(command: [[UInt8]], slot: Int)] = []
+        commands.reserveCapacity(keys.count / Self.keysPerCommand + groups.count)
+        for group in groups {
+            var index = group.keys.startIndex
+            while index < group.keys.endIndex {
+                let end = min(index + Self.keysPerCommand, group.keys.endIndex)
+                var command: [[UInt8]] = [deleteCommand.argument]
+                command.reserveCapacity(end - index + 1)
+                command.append(contentsOf: group.keys[index..<end])
+                commands.append((command, group.slot))
+                index = end
+            }
         }
         return commands
+    }
+
+    /// One round trip: to the server, or routed by slot to the masters.
+    private func send(_ commands: [(command: [[UInt8]], slot: Int)]) throws(RedisError) -> [RedisReply] {
+        switch target {
+        case .single(let connection): return try connection.pipeline(commands.map(\.command))
+        case .cluster(let cluster): return try cluster.pipeline(commands.map(\.command), slots: commands.map(\.slot))
+        }
     }
 
     /// Deletes the keys of these events again (patterns included), all exact keys in one
@@ -51,7 +73,7 @@ struct RedisInvalidator {
     func redelete(_ events: [InvalidationEvent], rules: RuleSet, prefix: String) throws(RedisError) -> [EventKind: Int64] {
         var plans: [EventKind: InvalidationPlan] = [:]
         for event in events { _ = rules.apply(event, prefix: prefix, to: &plans[event.kind, default: InvalidationPlan()]) }
-        var commands: [[[UInt8]]] = []
+        var commands: [(command: [[UInt8]], slot: Int)] = []
         var owners: [EventKind] = []
         for (kind, plan) in plans where !plan.keyBytes.isEmpty {
             let deleting = self.commands(deleting: plan.keyBytes)
@@ -60,7 +82,7 @@ struct RedisInvalidator {
         }
         var removed: [EventKind: Int64] = [:]
         if !commands.isEmpty {
-            for (index, reply) in try connection.pipeline(commands).enumerated() {
+            for (index, reply) in try send(commands).enumerated() {
                 removed[owners[index], default: 0] += try confirm([reply])
             }
         }
@@ -71,21 +93,26 @@ struct RedisInvalidator {
     }
 
     private func deleteMatching(_ pattern: String) throws(RedisError) -> Int64 {
-        var cursor: [UInt8] = Array("0".utf8)
+        let nodes: [RedisConnection]
+        switch target {
+        case .single(let connection): nodes = [connection]
+        case .cluster(let cluster): nodes = try cluster.masterConnections()
+        }
         var removed: Int64 = 0
-        repeat {
-            let reply = try connection.command([Array("SCAN".utf8), cursor, Array("MATCH".utf8), Array(pattern.utf8), Array("COUNT".utf8), Array(Self.scanCount.utf8)])
-            guard case .array(let parts) = reply, parts.count == 2, case .bulk(let next) = parts[0], case .array(let found) = parts[1] else {
-                if case .error(let message) = reply { throw RedisError(code: .commandFailed, message: "SCAN: \(message)") }
-                throw RedisError(code: .unexpectedReply, message: "SCAN answered \(reply)")
-            }
-            var keys: [[UInt8]] = []
-            for case .bulk(let key) in found { keys.append(key) }
-            if !keys.isEmpty {
-                removed += try confirm(connection.pipeline([[deleteCommand.argument] + keys]))
-            }
-            cursor = next
-        } while cursor != Array("0".utf8)
+        for connection in nodes {
+            var cursor: [UInt8] = Array("0".utf8)
+            repeat {
+                let reply = try connection.command([Array("SCAN".utf8), cursor, Array("MATCH".utf8), Array(pattern.utf8), Array("COUNT".utf8), Array(Self.scanCount.utf8)])
+                guard case .array(let parts) = reply, parts.count == 2, case .bulk(let next) = parts[0], case .array(let found) = parts[1] else {
+                    if case .error(let message) = reply { throw RedisError(code: .commandFailed, message: "SCAN: \(message)") }
+                    throw RedisError(code: .unexpectedReply, message: "SCAN answered \(reply)")
+                }
+                var keys: [[UInt8]] = []
+                for case .bulk(let key) in found { keys.append(key) }
+                if !keys.isEmpty { removed += try confirm(send(commands(deleting: keys))) }
+                cursor = next
+            } while cursor != Array("0".utf8)
+        }
         return removed
     }
 

@@ -65,8 +65,8 @@ public struct Replayer {
         var invalidator: RedisInvalidator?
         if !dryRun {
             do {
-                let redis = try configuration.redis.connect(timeoutMilliseconds: configuration.redisTimeoutMilliseconds)
-                invalidator = RedisInvalidator(connection: redis, deleteCommand: configuration.deleteCommand)
+                let redis = try configuration.redis.open(timeoutMilliseconds: configuration.redisTimeoutMilliseconds)
+                invalidator = RedisInvalidator(target: redis, deleteCommand: configuration.deleteCommand)
             } catch {
                 throw .redis(error)
             }

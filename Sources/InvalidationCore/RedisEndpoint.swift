@@ -7,6 +7,8 @@ import Foundation
 /// - `rediss://...` the same over TLS, with `?cacert=PATH&cert=PATH&key=PATH&sni=NAME`
 ///   (the names of redis-cli's flags; all optional: the system's CAs and the host's name);
 /// - `unix:///path/to/redis.sock[?db=N]`;
+/// - `redis://host1:port1,host2:port2[/db]`: several nodes of a Redis Cluster to start from (any
+///   one node is enough: a cluster is detected by itself);
 /// - `redis-sentinel://[user[:password]@]host1[:26379][,host2[:26379]...]/master[/db]`
 ///   (`rediss-sentinel://` over TLS), with `?sentinel_user=U&sentinel_password=P` when the
 ///   sentinels require their own credentials; the user and password are the master's.
@@ -31,14 +33,17 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// A host and port of a multi-host URL (sentinels, cluster seeds).
+    public struct Node: Sendable, Equatable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+        public init(host: String, port: Int) { self.host = host; self.port = port }
+        public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    }
+
     /// The sentinels to ask for the master, and the master's name there.
     public struct Sentinel: Sendable, Equatable {
-        public struct Node: Sendable, Equatable, CustomStringConvertible {
-            public var host: String
-            public var port: Int
-            public init(host: String, port: Int) { self.host = host; self.port = port }
-            public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-        }
+        public typealias Node = RedisEndpoint.Node
         public var nodes: [Node]
         public var masterName: String
         public var username: String?
@@ -58,14 +63,18 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
     public var database: Int
     public var tls: TLS?
     public var sentinel: Sentinel?
+    /// More nodes of a cluster to start from (`redis://h1:7000,h2:7001`), after `address`.
+    public var seeds: [Node]
 
-    public init(address: Address, username: String? = nil, password: String? = nil, database: Int = 0, tls: TLS? = nil, sentinel: Sentinel? = nil) {
+    public init(address: Address, username: String? = nil, password: String? = nil, database: Int = 0, tls: TLS? = nil,
+                sentinel: Sentinel? = nil, seeds: [Node] = []) {
         self.address = address
         self.username = username
         self.password = password
         self.database = database
         self.tls = tls
         self.sentinel = sentinel
+        self.seeds = seeds
     }
 
     /// The URL with the password replaced, safe for logs and error messages.
@@ -82,8 +91,8 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
         }
         switch address {
         case .tcp(let host, let port):
-            let shownHost = host.contains(":") ? "[\(host)]" : host
-            return "\(tls == nil ? "redis" : "rediss")://\(auth)\(shownHost):\(port)/\(database)"
+            let shownHost = ([Node(host: host, port: port)] + seeds).map(\.description).joined(separator: ",")
+            return "\(tls == nil ? "redis" : "rediss")://\(auth)\(shownHost)/\(database)"
         case .unix(let path):
             return "unix://\(auth)\(path)?db=\(database)"
         }
@@ -104,7 +113,13 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
         }
         let lowered = trimmed.lowercased()
         if lowered.hasPrefix("redis-sentinel://") || lowered.hasPrefix("rediss-sentinel://") {
-            return try parseSentinel(trimmed, tls: lowered.hasPrefix("rediss"))
+            return try parseMultiHost(trimmed, tls: lowered.hasPrefix("rediss"), sentinel: true)
+        }
+        if lowered.hasPrefix("redis://") || lowered.hasPrefix("rediss://") {
+            let authority = trimmed.split(separator: "/", maxSplits: 3, omittingEmptySubsequences: false).dropFirst(2).first ?? ""
+            if authority.split(separator: "@").last?.contains(",") == true {
+                return try parseMultiHost(trimmed, tls: lowered.hasPrefix("rediss"), sentinel: false)
+            }
         }
         guard let components = URLComponents(string: trimmed), let scheme = components.scheme?.lowercased() else {
             throw ParseError(reason: "is not a URL; expected redis://[user:password@]host[:port][/db]")
@@ -188,15 +203,19 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
         return tls
     }
 
-    /// `redis-sentinel://[user[:password]@]host[:port][,host[:port]...]/master[/db][?...]`:
-    /// several hosts, which URLComponents cannot parse, so it is taken apart here.
-    private static func parseSentinel(_ text: String, tls: Bool) throws(ParseError) -> RedisEndpoint {
-        let form = "expected \(tls ? "rediss" : "redis")-sentinel://[user:password@]host1:26379,host2:26379/master-name[/db]"
+    /// `redis-sentinel://[user[:password]@]host[:port][,host[:port]...]/master[/db][?...]`, and
+    /// a cluster's seeds `redis://[user[:password]@]host:port,host:port[/db][?...]`: several hosts,
+    /// which URLComponents cannot parse, so they are taken apart here.
+    private static func parseMultiHost(_ text: String, tls: Bool, sentinel isSentinel: Bool) throws(ParseError) -> RedisEndpoint {
+        let scheme = (tls ? "rediss" : "redis") + (isSentinel ? "-sentinel" : "")
+        let form = isSentinel ? "expected \(scheme)://[user:password@]host1:26379,host2:26379/master-name[/db]"
+                              : "expected \(scheme)://[user:password@]host1:6379,host2:6379[/db]"
         let rest = text[text.index(text.firstIndex(of: ":")!, offsetBy: 3)...]
         let (beforeQuery, query) = rest.firstIndex(of: "?").map { (rest[..<$0], String(rest[rest.index(after: $0)...])) } ?? (rest, "")
-        guard let slash = beforeQuery.firstIndex(of: "/") else { throw ParseError(reason: "names no master; \(form)") }
-        let authority = beforeQuery[..<slash]
-        let path = beforeQuery[beforeQuery.index(after: slash)...]
+        let slash = beforeQuery.firstIndex(of: "/")
+        if isSentinel && slash == nil { throw ParseError(reason: "names no master; \(form)") }
+        let authority = beforeQuery[..<(slash ?? beforeQuery.endIndex)]
+        let path = slash.map { beforeQuery[beforeQuery.index(after: $0)...] } ?? ""
         var username: String? = nil, password: String? = nil
         var hostList = authority
         if let at = authority.lastIndex(of: "@") {
@@ -210,12 +229,31 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
                 password = secret
             }
         }
-        var nodes: [Sentinel.Node] = []
+        var nodes: [Node] = []
         for entry in hostList.split(separator: ",", omittingEmptySubsequences: false) {
-            guard let node = parseHostPort(entry, defaultPort: 26379) else {
-                throw ParseError(reason: "has sentinel \(String(entry).debugDescription); \(form)")
+            guard let node = parseHostPort(entry, defaultPort: isSentinel ? 26379 : 6379) else {
+                throw ParseError(reason: "has \(isSentinel ? "sentinel" : "host") \(String(entry).debugDescription); \(form)")
             }
             nodes.append(node)
+        }
+        if !isSentinel {
+            var database = 0
+            if !path.isEmpty {
+                guard path.allSatisfy({ $0.isASCII && $0.isNumber }), let db = Int(path), db <= 65535 else {
+                    throw ParseError(reason: "has database \(String(path).debugDescription); expected a number such as /0")
+                }
+                database = db
+            }
+            var items: [URLQueryItem] = []
+            if !query.isEmpty {
+                guard let parsed = URLComponents(string: "x://h?" + query)?.queryItems else { throw ParseError(reason: "has a query that is not name=value&...") }
+                items = parsed
+            }
+            if !tls && !items.isEmpty {
+                throw ParseError(reason: "has query parameters (\(items.map(\.name).joined(separator: ", "))), which are not supported for redis:// (TLS settings go with rediss://)")
+            }
+            return RedisEndpoint(address: .tcp(host: nodes[0].host, port: nodes[0].port), username: username, password: password, database: database,
+                                 tls: tls ? try parseTLS(items, allowing: []) : nil, seeds: Array(nodes.dropFirst()))
         }
         let segments = path.split(separator: "/", omittingEmptySubsequences: false)
         guard let first = segments.first, !first.isEmpty, let master = String(first).removingPercentEncoding, !master.isEmpty,
@@ -252,7 +290,7 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// `host`, `host:port`, `[v6]` or `[v6]:port`; nil for anything else.
-    private static func parseHostPort(_ text: Substring, defaultPort: Int) -> Sentinel.Node? {
+    private static func parseHostPort(_ text: Substring, defaultPort: Int) -> Node? {
         var host: Substring
         var portText: Substring? = nil
         if text.hasPrefix("[") {
@@ -276,6 +314,6 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
                   let value = Int(portText), (1...65535).contains(value) else { return nil }
             port = value
         }
-        return Sentinel.Node(host: String(host), port: port)
+        return Node(host: String(host), port: port)
     }
 }

@@ -104,13 +104,24 @@ public final class RedisConnection {
     /// Many commands in one round trip: all are written in one buffer, then all replies are
     /// read, in order.
     public func pipeline(_ commands: [[[UInt8]]]) throws(RedisError) -> [RedisReply] {
+        try send(commands)
+        return try receive(commands.count)
+    }
+
+    /// Writes commands without reading their replies: several servers can then work on their
+    /// share at once (a cluster), and each share's replies are read after (`receive`).
+    public func send(_ commands: [[[UInt8]]]) throws(RedisError) {
         var bytes: [UInt8] = []
         for arguments in commands { try RedisConnection.encode(arguments, into: &bytes) }
         try transport.writeAll(bytes)
+    }
+
+    /// Reads `count` replies, in order.
+    public func receive(_ count: Int) throws(RedisError) -> [RedisReply] {
         var replies: [RedisReply] = []
-        replies.reserveCapacity(commands.count)
+        replies.reserveCapacity(count)
         try withUnsafeTemporaryAllocation(byteCount: 16_384, alignment: 1) { (buffer) throws(RedisError) in
-            while replies.count < commands.count {
+            while replies.count < count {
                 var raw: UnsafeMutableRawPointer? = nil
                 guard redisReaderGetReply(reader, &raw) == REDIS_OK else {
                     throw RedisError(code: .connectionLost, message: "the server's reply is not valid RESP: \(readerError)", target: address.description)
@@ -120,8 +131,8 @@ public final class RedisConnection {
                     freeReplyObject(raw)
                     continue
                 }
-                let count = try transport.read(into: buffer)
-                guard redisReaderFeed(reader, buffer.baseAddress!.assumingMemoryBound(to: CChar.self), count) == REDIS_OK else {
+                let read = try transport.read(into: buffer)
+                guard redisReaderFeed(reader, buffer.baseAddress!.assumingMemoryBound(to: CChar.self), read) == REDIS_OK else {
                     throw RedisError(code: .connectionLost, message: "the server's reply is not valid RESP: \(readerError)", target: address.description)
                 }
             }

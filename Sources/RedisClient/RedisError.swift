@@ -41,6 +41,8 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         case .authenticationFailed: return "check the user and password in REDIS_URL against the server's users (ACL LIST)"
         case .commandFailed where message.hasPrefix("NOPERM"):
             return "the Redis user may not run this command or touch this key: it needs UNLINK or DEL, SCAN and PING on keys under the prefix"
+        case .commandFailed where message.contains("MOVED "):
+            return "Redis Cluster redirected a key, but the worker does not see the cluster: its user needs +cluster|slots (deploy/redis/users.acl)"
         case .commandFailed where message.hasPrefix("READONLY"):
             return "REDIS_URL points at a read-only replica; point it at the primary"
         case .connectionLost where message.hasPrefix("timed out"):

@@ -1,4 +1,5 @@
 import Foundation
+import InvalidationCore
 import Testing
 
 /// Every row of the SPEC's rule table against real servers: the write as the bot makes it, and
@@ -107,25 +108,36 @@ struct RuleTableTests {
     }
 
     /// One row of the table; `through` gives the worker another way to the same database (a
-    /// pooler in front of it) from the database's name.
-    static func check(_ testCase: Case, through: ((String) -> String)? = nil) throws {
+    /// pooler in front of it) from the database's name; `cluster`, a Redis Cluster instead of the
+    /// shared Redis (the keys then live on three masters).
+    static func check(_ testCase: Case, through: ((String) -> String)? = nil, cluster: RedisClusterGroup? = nil) throws {
         let harness = try Harness()
         try harness.sql(Self.setup)
-        harness.startWorker { config in if let through { config.databaseURL = through(harness.databaseName) } }
+        harness.startWorker { config in
+            if let through { config.databaseURL = through(harness.databaseName) }
+            if let cluster { config.redis = try! RedisEndpoint.parse(cluster.url()) }
+        }
         try harness.waitUntilProcessed()
-        try harness.seed(Self.universe)
+        let keys = Self.universe.map { harness.prefix + $0 }
         // Keys of another prefix (another app on the same Redis) must survive even whole-family deletions.
         let outsider = "other-app:user:101"
-        _ = try harness.redis.command([Array("SET".utf8), Array(outsider.utf8), Array("x".utf8)])
+        if let cluster {
+            try cluster.set(keys + [outsider])
+        } else {
+            try harness.seed(Self.universe)
+            _ = try harness.redis.command([Array("SET".utf8), Array(outsider.utf8), Array("x".utf8)])
+        }
         let eventsBefore = try harness.eventCount
 
         try harness.sql(testCase.write)
         #expect(try harness.eventCount - eventsBefore == testCase.events, "events emitted by: \(testCase.write)")
         try harness.waitUntilProcessed()
 
-        let gone = try harness.deleted(among: Self.universe)
+        let gone = try cluster.map { cluster in Set(try Self.universe.filter { !(try cluster.exists(harness.prefix + $0)) }) }
+            ?? harness.deleted(among: Self.universe)
         #expect(gone == testCase.deleted, "extra: \(gone.subtracting(testCase.deleted).sorted()) missing: \(testCase.deleted.subtracting(gone).sorted())")
-        #expect(try harness.redis.command([Array("EXISTS".utf8), Array(outsider.utf8)]) == .integer(1))
+        let outsiderThere = try cluster.map { try $0.exists(outsider) } ?? (try harness.redis.command([Array("EXISTS".utf8), Array(outsider.utf8)]) == .integer(1))
+        #expect(outsiderThere)
         harness.stopWorker()
     }
 

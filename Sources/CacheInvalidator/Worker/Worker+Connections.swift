@@ -235,10 +235,17 @@ extension Worker {
 
     func connectRedis() {
         do {
-            let connection = try config.redis.connect(timeoutMilliseconds: config.redisTimeoutMilliseconds)
+            let target = try config.redis.open(timeoutMilliseconds: config.redisTimeoutMilliseconds, knownNodes: knownClusterNodes)
+            let connection = try target.anyConnection()
             try ping(connection)
-            masterReached(RedisMaster(address: connection.address.description, runID: try runID(connection)))
-            invalidator = RedisInvalidator(connection: connection, deleteCommand: config.deleteCommand)
+            if case .cluster(let cluster) = target {
+                knownClusterNodes = cluster.topology.masters
+                if cluster.topology.uncovered > 0 {
+                    logger.warning("the cluster leaves slots without a master: keys there cannot be deleted until it heals", metadata: ["slots": "\(cluster.topology.uncovered)"])
+                }
+            }
+            masterReached(target.master(runID: try runID(connection)))
+            invalidator = RedisInvalidator(target: target, deleteCommand: config.deleteCommand)
             redisPolicy.opened()
             // While Redis was away nothing was remembered of what notifications named.
             session?.active?.work.requestDrain()

@@ -124,9 +124,9 @@ extension Worker {
         } else {
             metadata[LogKey.backlog] = "unknown"
         }
-        if let redis = invalidator?.connection {
+        if let target = invalidator?.target {
             // An idle connection can be dead without anyone noticing; find out now, not at the next trade.
-            do { try ping(redis) } catch { redisFailed(error) }
+            do { try ping(try target.anyConnection()) } catch { redisFailed(error) }
         }
         if metrics != nil { readRedisInfo() }
         let summary = reporting.interval.summary
@@ -151,7 +151,7 @@ extension Worker {
 
     /// The cache's own health figures for /metrics (hit ratio, memory, evictions).
     private func readRedisInfo() {
-        guard let redis = invalidator?.connection, reporting.redisInfoAllowed else { return }
+        guard let target = invalidator?.target, reporting.redisInfoAllowed, let redis = try? target.anyConnection() else { return }
         do {
             let reply = try redis.command([Array("INFO".utf8)])
             switch reply {

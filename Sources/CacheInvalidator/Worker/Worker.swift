@@ -55,6 +55,8 @@ final class Worker {
     var failover: FailoverMemory
     var primary = PrimaryWatch()
     var redisMaster: RedisMaster?
+    /// A cluster's masters as last seen: where to start when the URL's node is the one down.
+    var knownClusterNodes: [ClusterTopology.Node] = []
     /// What `publishState` last told other threads.
     private var published: PublishedState?
 
