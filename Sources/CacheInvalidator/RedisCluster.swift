@@ -32,8 +32,8 @@ final class RedisCluster {
     let seed: ClusterTopology.Node
     private(set) var topology: ClusterTopology
     private var connections: [ClusterTopology.Node: RedisConnection] = [:]
-    /// Redirections followed (MOVED and ASK), for the statistics.
-    private(set) var redirections = 0
+    /// Redirections followed (MOVED and ASK) since the statistics last took them.
+    private var redirections = 0
     static let maximumRedirectionRounds = 5
 
     init(seed: ClusterTopology.Node, connection: RedisConnection, topology: ClusterTopology, endpoint: RedisEndpoint, timeoutMilliseconds: Int) {
@@ -58,6 +58,11 @@ final class RedisCluster {
             ranges.append(.init(slots: Int(start)...Int(end), master: .init(host: String(decoding: host, as: UTF8.self), port: Int(port))))
         }
         return ClusterTopology(ranges: ranges)
+    }
+
+    func takeRedirections() -> Int {
+        defer { redirections = 0 }
+        return redirections
     }
 
     func connection(to node: ClusterTopology.Node) throws(RedisError) -> RedisConnection {

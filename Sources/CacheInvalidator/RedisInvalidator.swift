@@ -7,6 +7,8 @@ import RedisClient
 struct RedisInvalidator {
     let target: RedisTarget
     let deleteCommand: WorkerConfiguration.DeleteCommand
+    /// The last time Redis answered: an idle connection gets a heartbeat (`PING`).
+    var lastAnswerAt: UInt64 = 0
     /// Keys per DEL/UNLINK command: bounds the size of one command while keeping one round trip.
     static let keysPerCommand = 512
     static let scanCount = "1000"

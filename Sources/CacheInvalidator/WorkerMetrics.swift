@@ -61,6 +61,7 @@ public final class WorkerMetrics: Sendable {
             counter("takeovers_total", "Times this worker became the active one") { $0.takeovers },
             counter("redeleted_events_total", "Events whose keys were deleted a second time (--redelete-after)") { $0.redeletedEvents },
             counter("postgres_primary_changes_total", "Times the worker reached another primary than before (a promoted standby: a new timeline; or another cluster)") { $0.primaryChanges },
+            counter("redis_redirections_total", "Redis Cluster redirections followed: MOVED (a slot moved for good; the map learns it) and ASK (a slot being migrated)") { $0.redisRedirections },
             counter("redis_master_changes_total", "Times the worker reached another Redis master than before (a Sentinel failover; or a restart: another run_id)") { $0.redisMasterChanges },
             counter("failover_replayed_events_total", "Events whose keys were deleted again after a PostgreSQL primary or Redis master change (--failover-replay)") { $0.failoverReplayedEvents },
             counter("failover_refilled_keys_total", "Keys the replay after a primary change removed: cached again since their first deletion, maybe from a write the new primary lacks") { $0.failoverRefilledKeys },

@@ -41,6 +41,8 @@ public final class WorkerStatistics: Sendable {
         public var primaryChanges: UInt64 = 0
         /// Times the worker reached another Redis master than before (a failover, a restart).
         public var redisMasterChanges: UInt64 = 0
+        /// Redis Cluster redirections followed (MOVED: a slot moved for good; ASK: being migrated).
+        public var redisRedirections: UInt64 = 0
         /// Events whose keys were deleted again after a primary change, and the keys that were
         /// there (cached again since the first deletion).
         public var failoverReplayedEvents: UInt64 = 0

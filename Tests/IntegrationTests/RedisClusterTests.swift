@@ -59,3 +59,57 @@ struct RedisClusterTests {
         #expect(snapshot.redisMasterChanges >= 1, "\(harness.logTail)")
     }
 }
+
+extension RedisClusterTests {
+    /// A slot migrated while the worker runs: during the migration the key lives on the target,
+    /// and the source answers `ASK`; once done, `MOVED`. The worker follows both, and every key
+    /// is deleted.
+    @Test func aSlotMigratedMidStreamIsFollowedThroughAskAndMoved() throws {
+        let cluster = try Self.shared.get()
+        let harness = try Harness()
+        harness.startWorker { $0.redis = try! RedisEndpoint.parse(cluster.url()) }
+        try harness.waitFor("the worker connected") { $0.redisUp && $0.active && $0.initialDrainDone }
+        func command(_ port: Int, _ arguments: String...) throws -> RedisReply {
+            try RedisConnection(address: .tcp(host: "127.0.0.1", port: port)).command(arguments.map { Array($0.utf8) })
+        }
+        func id(_ port: Int) throws -> String {
+            guard case .bulk(let bytes) = try command(port, "CLUSTER", "MYID") else { throw TestServers.TestServerError(description: "no CLUSTER MYID") }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        let moving = harness.prefix + "portfolio:5001"
+        let slot = HashSlot.of(Array(moving.utf8))
+        let topology = try cluster.topology()
+        let source = try #require(topology.master(of: slot))
+        let target = try #require(topology.masters.first { $0 != source })
+        let (sourceID, targetID) = (try id(source.port), try id(target.port))
+        // The worker has used the map once (a first trade), so it believes the slot is the source's.
+        try cluster.set([harness.prefix + "portfolio:5000"])
+        try harness.sql(DeliveryTests.settledTrade(5000, "0xbefore"))
+        try harness.waitUntilProcessed()
+
+        try cluster.set([moving])
+        #expect(try command(target.port, "CLUSTER", "SETSLOT", "\(slot)", "IMPORTING", sourceID) == .status("OK"))
+        #expect(try command(source.port, "CLUSTER", "SETSLOT", "\(slot)", "MIGRATING", targetID) == .status("OK"))
+        #expect(try command(source.port, "MIGRATE", "127.0.0.1", "\(target.port)", "", "0", "5000", "KEYS", moving) == .status("OK"))
+        // Migrating: the source no longer has the key and answers ASK.
+        let asked = try harness.worker!.statistics.snapshot.redisRedirections
+        try harness.sql(DeliveryTests.settledTrade(5001, "0xduring"))
+        try harness.waitUntilProcessed()
+        #expect(try command(target.port, "ASKING") == .status("OK"))
+        #expect(!(try cluster.exists(moving)) && (try RedisConnection(address: .tcp(host: "127.0.0.1", port: target.port))
+            .pipeline([[Array("ASKING".utf8)], ["EXISTS", moving].map { Array($0.utf8) }])[1]) == .integer(0), "deleted through ASK")
+        #expect(harness.worker!.statistics.snapshot.redisRedirections > asked, "an ASK was followed")
+
+        // Done: the slot is the target's for good; the worker's map still says the source: MOVED.
+        for node in topology.masters {
+            #expect(try command(node.port, "CLUSTER", "SETSLOT", "\(slot)", "NODE", targetID) == .status("OK"))
+        }
+        try cluster.set([moving])
+        let moved = harness.worker!.statistics.snapshot.redisRedirections
+        try harness.sql(DeliveryTests.settledTrade(5001, "0xafter"))
+        try harness.waitUntilProcessed()
+        #expect(!(try cluster.exists(moving)), "deleted after MOVED")
+        #expect(harness.worker!.statistics.snapshot.redisRedirections > moved, "a MOVED was followed")
+        harness.stopWorker()
+    }
+}

@@ -53,7 +53,7 @@ struct FailoverMemoryTests {
         memory.record(Self.events(4...5), now: 900)
         #expect(memory.replayPending == 0, "nothing is deleted again without a change")
         #expect(memory.primaryChanged() == (events: 5, dropped: 0))
-        #expect(memory.replayPending == 5 && memory.heldEvents == 0)
+        #expect(memory.replayPending == 5 && memory.heldEvents == 5, "kept for a second failover")
         #expect(memory.takeReplay(limit: 2) == Self.events(1...2))
         let rest = memory.takeReplay(limit: 10)
         #expect(rest == Self.events(3...5))
@@ -87,8 +87,22 @@ struct FailoverMemoryTests {
         let counts = memory.primaryChanged()
         #expect(counts == (events: 4, dropped: 2))
         #expect(memory.takeReplay(limit: 10) == Self.events(3...6), "the newest writes are the ones a failover loses")
+        _ = memory.takeReplay(limit: 10)
         memory.record(Self.events(7...7), now: 3)
-        #expect(memory.primaryChanged() == (events: 1, dropped: 0), "counted since the last replay")
+        #expect(memory.primaryChanged() == (events: 4, dropped: 1), "drops counted since the last replay")
+        #expect(memory.takeReplay(limit: 10) == Self.events(4...7))
+    }
+
+    /// A Redis failover, then a PostgreSQL promotion within the window: the second replays
+    /// what the first did, and what came between.
+    @Test func aSecondChangeWithinTheWindowReplaysAgain() {
+        var memory = FailoverMemory(window: 1_000)
+        memory.record(Self.events(1...2), now: 100)
+        #expect(memory.primaryChanged().events == 2)
+        _ = memory.takeReplay(limit: 10)
+        memory.record(Self.events(3...3), now: 600)
+        #expect(memory.primaryChanged().events == 3)
+        #expect(memory.takeReplay(limit: 10) == Self.events(1...3))
     }
 
     @Test func offKeepsNothing() {

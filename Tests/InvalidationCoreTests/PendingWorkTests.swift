@@ -134,4 +134,18 @@ struct PendingWorkTests {
         #expect(redisDown.pollAt == nil && !redisDown.workWaiting, "no polling and no work without Redis")
         #expect(redisDown.deadline == 70, "maintenance")
     }
+
+    /// Redis's own deadlines: a heartbeat while it is up, and a failover's replay, which needs
+    /// Redis only (no session, no lead).
+    @Test func redisHeartbeatAndReplayWakeTheLoop() {
+        let idle = WakeUp(session: Session<Int>?.none, summaryAt: 100, heartbeatIdleNanoseconds: 10, postgresRetryAt: 90, redisUp: true, redisRetryAt: 5,
+                          redisHeartbeatAt: 40)
+        #expect(idle.deadline == 40 && idle.redisRetryAt == nil)
+        let down = WakeUp(session: Session<Int>?.none, summaryAt: 100, heartbeatIdleNanoseconds: 10, postgresRetryAt: 90, redisUp: false, redisRetryAt: 50,
+                          redisHeartbeatAt: 40, replayWaiting: true)
+        #expect(down.redisHeartbeatAt == nil && !down.workWaiting && down.deadline == 50, "no heartbeat and no replay without Redis")
+        let replay = WakeUp(session: Session<Int>?.none, summaryAt: 100, heartbeatIdleNanoseconds: 10, postgresRetryAt: 90, redisUp: true, redisRetryAt: 5,
+                            replayWaiting: true)
+        #expect(replay.workWaiting && replay.timeout(now: 0) == 0)
+    }
 }

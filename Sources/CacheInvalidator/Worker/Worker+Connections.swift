@@ -245,7 +245,7 @@ extension Worker {
                 }
             }
             masterReached(target.master(runID: try runID(connection)))
-            invalidator = RedisInvalidator(target: target, deleteCommand: config.deleteCommand)
+            invalidator = RedisInvalidator(target: target, deleteCommand: config.deleteCommand, lastAnswerAt: monotonicNanoseconds())
             redisPolicy.opened()
             // While Redis was away nothing was remembered of what notifications named.
             session?.active?.work.requestDrain()
@@ -287,10 +287,27 @@ extension Worker {
         }
     }
 
+    /// An idle Redis connection can be dead (a master killed, a failover) without anyone noticing
+    /// until the next event; a PING finds out, and a failover's replay starts then.
+    func redisHeartbeat() {
+        guard let target = invalidator?.target else { return }
+        do {
+            try ping(try target.anyConnection())
+            redisRoundTripSucceeded()
+        } catch {
+            redisFailed(error)
+        }
+    }
+
     func redisRoundTripSucceeded() {
+        invalidator?.lastAnswerAt = monotonicNanoseconds()
+        if case .cluster(let cluster)? = invalidator?.target, case let followed = cluster.takeRedirections(), followed > 0 {
+            statistics.update { $0.redisRedirections += UInt64(followed) }
+        }
         guard !redisPolicy.verified, invalidator != nil else { return }
         if case .cameUp(let failures, let downFor)? = redisPolicy.roundTripSucceeded(now: monotonicNanoseconds()) {
             var metadata: Logger.Metadata = [LogKey.target: "\(config.redis)"]
+            if let redisMaster, config.redis.sentinel != nil || redisMaster.address.contains(",") { metadata["master"] = "\(redisMaster.address)" }
             addOutage(&metadata, failures: failures, downFor: downFor)
             logger.info("redis connected", metadata: metadata)
         }

@@ -106,7 +106,7 @@ extension Worker {
             s.failoverRefilledKeys += UInt64(max(0, refilled))
         }
         if failover.replayPending == 0 {
-            logger.notice("deleted again the keys of the events acknowledged before the primary changed", metadata: [
+            logger.notice("deleted again the keys of the events acknowledged before the PostgreSQL primary or the Redis master changed", metadata: [
                 LogKey.events: "\(reporting.replayedEvents)", LogKey.refilled: "\(reporting.replayRefilled)"])
         }
     }

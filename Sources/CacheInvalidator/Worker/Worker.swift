@@ -111,6 +111,7 @@ final class Worker {
             if monotonicNanoseconds() >= reporting.nextSummaryAt { logSummary() }
             if let due = active?.maintenanceAt, monotonicNanoseconds() >= due, !stopping { maintain() }
             if let session, monotonicNanoseconds() >= session.lastAnswerAt &+ config.heartbeatIdleNanoseconds, !stopping { heartbeat() }
+            if let redis = invalidator, monotonicNanoseconds() >= redis.lastAnswerAt &+ config.heartbeatIdleNanoseconds, !stopping { redisHeartbeat() }
             publishState()
             if stopping { break }
             waitForWork()
@@ -151,7 +152,8 @@ final class Worker {
         let now = monotonicNanoseconds()
         let wakeUp = WakeUp(session: session, summaryAt: reporting.nextSummaryAt, heartbeatIdleNanoseconds: config.heartbeatIdleNanoseconds,
                             postgresRetryAt: postgresPolicy.retryAt, redisUp: invalidator != nil, redisRetryAt: redisPolicy.retryAt,
-                            redeleteAt: invalidator != nil && failover.replayPending > 0 ? now : redeleteDueAt)
+                            redeleteAt: redeleteDueAt, redisHeartbeatAt: invalidator.map { $0.lastAnswerAt &+ config.heartbeatIdleNanoseconds },
+                            replayWaiting: failover.replayPending > 0)
         let timeout = wakeUp.timeout(now: now)
         if timeout == 0 && wakeUp.workWaiting { return }
         var descriptors: [Int32] = []

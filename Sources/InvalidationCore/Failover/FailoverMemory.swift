@@ -54,17 +54,16 @@ public struct FailoverMemory: Sendable {
         while head < batches.count, now &- batches[head].at > window { dropFirstBatch() }
     }
 
-    /// The worker reached another primary: every event held is due for deletion again.
-    /// Returns how many, and how many the bound had dropped before (lost to the replay).
+    /// The worker reached another primary (or master): every event held is due for deletion
+    /// again. Returns how many, and how many the bound had dropped before (lost to the replay).
+    /// The memory keeps them: a second failover within the window (Redis, then PostgreSQL) must
+    /// replay them too; they age out as usual.
     public mutating func primaryChanged() -> (events: Int, dropped: Int) {
         var all: [InvalidationEvent] = []
         all.reserveCapacity(heldEvents)
         for index in head..<batches.count { all += batches[index].events }
         let counts = (all.count, dropped)
         replay = all + replay
-        batches = []
-        head = 0
-        heldEvents = 0
         dropped = 0
         return counts
     }

@@ -65,12 +65,15 @@ public struct WakeUp: Sendable, Equatable {
     public var redisRetryAt: UInt64?
     /// Active, Redis up: when the next round of second deletions is due.
     public var redeleteAt: UInt64?
+    /// Redis up: when an idle connection gets its heartbeat (a dead master is found before the
+    /// next event needs it).
+    public var redisHeartbeatAt: UInt64?
     /// Work is waiting that can be done now: do not sleep.
     public var workWaiting = false
 
     /// The state's deadlines: what applies follows from the session alone.
     public init<C>(session: Session<C>?, summaryAt: UInt64, heartbeatIdleNanoseconds: UInt64, postgresRetryAt: UInt64, redisUp: Bool, redisRetryAt: UInt64,
-                   redeleteAt: UInt64? = nil) {
+                   redeleteAt: UInt64? = nil, redisHeartbeatAt: UInt64? = nil, replayWaiting: Bool = false) {
         self.summaryAt = summaryAt
         if let session {
             heartbeatAt = session.lastAnswerAt &+ heartbeatIdleNanoseconds
@@ -87,14 +90,20 @@ public struct WakeUp: Sendable, Equatable {
         } else {
             self.postgresRetryAt = postgresRetryAt
         }
-        if !redisUp { self.redisRetryAt = redisRetryAt }
+        if redisUp {
+            self.redisHeartbeatAt = redisHeartbeatAt
+            // The replay after a failover needs Redis only, whoever leads.
+            if replayWaiting { workWaiting = true }
+        } else {
+            self.redisRetryAt = redisRetryAt
+        }
     }
 
     /// The earliest deadline.
     public var deadline: UInt64 {
         // Computed every turn of the loop: a chain of mins, no array.
         min(summaryAt, postgresRetryAt ?? .max, heartbeatAt ?? .max, leadAttemptAt ?? .max,
-            maintenanceAt ?? .max, pollAt ?? .max, min(redisRetryAt ?? .max, redeleteAt ?? .max))
+            maintenanceAt ?? .max, pollAt ?? .max, min(redisRetryAt ?? .max, redeleteAt ?? .max, redisHeartbeatAt ?? .max))
     }
 
     /// How long to sleep from `now`: zero when work is waiting or a deadline has passed.
