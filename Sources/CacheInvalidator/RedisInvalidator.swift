@@ -7,6 +7,9 @@ import RedisClient
 struct RedisInvalidator {
     let target: RedisTarget
     let deleteCommand: WorkerConfiguration.DeleteCommand
+    /// `WAIT` for this many replicas after a first deletion (0: off), for at most `waitMilliseconds`.
+    var waitReplicas = 0
+    var waitMilliseconds = 1000
     /// The last time Redis answered: an idle connection gets a heartbeat (`PING`).
     var lastAnswerAt: UInt64 = 0
     /// Keys per DEL/UNLINK command: bounds the size of one command while keeping one round trip.
@@ -29,7 +32,31 @@ struct RedisInvalidator {
             outcome.removed += try deleteMatching(pattern)
             outcome.scanned += 1
         }
+        try waitForReplicas()
         return outcome
+    }
+
+    /// With `waitReplicas`: every master has passed what it deleted to that many replicas, or
+    /// this throws and the batch is not acknowledged (it is retried). A replica promoted after a
+    /// failover then holds the deletion; without it, only the replay after a master change does.
+    private func waitForReplicas() throws(RedisError) {
+        guard waitReplicas > 0 else { return }
+        let nodes: [RedisConnection]
+        switch target {
+        case .single(let connection): nodes = [connection]
+        case .cluster(let cluster): nodes = try cluster.masterConnections()
+        }
+        let wait = ["WAIT", String(waitReplicas), String(waitMilliseconds)].map { Array($0.utf8) }
+        for node in nodes { try node.send([wait]) }
+        for node in nodes {
+            let reply = try node.receive(1)[0]
+            guard case .integer(let acknowledged) = reply else {
+                throw RedisError(code: .commandFailed, message: "WAIT answered \(reply)", target: node.address.description)
+            }
+            guard acknowledged >= waitReplicas else {
+                throw RedisError(code: .commandFailed, message: "WAIT: \(acknowledged) of \(waitReplicas) replicas have the deletions after \(waitMilliseconds) ms; the batch is retried (REDIS_WAIT_REPLICAS)", target: node.address.description)
+            }
+        }
     }
 
     /// DEL/UNLINK commands for these keys, `keysPerCommand` at most in each; on a cluster the

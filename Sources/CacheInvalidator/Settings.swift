@@ -23,6 +23,7 @@ public enum Setting: String, CaseIterable, Sendable {
     case slowThreshold = "slow-threshold"
     case summaryInterval = "summary-interval"
     case redisTimeout = "redis-timeout"
+    case redisWaitReplicas = "redis-wait-replicas"
     case reconnectMax = "reconnect-max"
     case retention = "retention"
     case redeleteAfter = "redelete-after"
@@ -54,6 +55,7 @@ public enum Setting: String, CaseIterable, Sendable {
         case .slowThreshold: return "100ms"
         case .summaryInterval: return "10s"
         case .redisTimeout: return "2s"
+        case .redisWaitReplicas: return "0"
         case .reconnectMax: return "2s"
         case .retention: return "24h"
         case .redeleteAfter: return "1s"
@@ -77,6 +79,7 @@ public enum Setting: String, CaseIterable, Sendable {
         case .slowThreshold: return "Warn for each event slower than this, commit to deletion (e.g. 100ms, 0.5ms, 1s)."
         case .summaryInterval: return "How often the lag summary line is logged (e.g. 10s)."
         case .redisTimeout: return "Timeout of one Redis connect or round trip."
+        case .redisWaitReplicas: return "Before acknowledging a batch, WAIT until this many replicas of each master that deleted its keys have the deletion (within half of --redis-timeout); otherwise the batch is retried. 0 (off) trusts the master's confirmation."
         case .reconnectMax: return "Longest wait between reconnection attempts (backoff is exponential with jitter)."
         case .retention: return "How long processed events stay in the log (audit, replay) before the worker deletes them; 0 keeps them forever."
         case .redeleteAfter: return "Delete each event's keys again this long after the first deletion: removes a cache fill of a value read before the write committed that landed after the first deletion (the cache-aside race). 0 turns it off."
@@ -174,6 +177,11 @@ public struct SettingsResolver {
         config.summaryIntervalNanoseconds = try duration(.summaryInterval, minimum: 100_000_000)
         let timeout = try duration(.redisTimeout, minimum: 1_000_000)
         config.redisTimeoutMilliseconds = Int(timeout / 1_000_000)
+        let replicas = value(.redisWaitReplicas)!
+        guard let waitReplicas = Int(replicas), (0...100).contains(waitReplicas) else {
+            throw ConfigurationError("\(origin(.redisWaitReplicas)) is \(replicas.debugDescription); expected a whole number of replicas from 0 (off) to 100")
+        }
+        config.redisWaitReplicas = waitReplicas
         let reconnectMax = try duration(.reconnectMax, minimum: 100_000_000)
         config.reconnectMaximumMilliseconds = reconnectMax / 1_000_000
         let retention = try duration(.retention, minimum: 0)

@@ -23,6 +23,9 @@ public struct WorkerConfiguration: Sendable {
     public var slowThresholdNanoseconds: UInt64 = 100_000_000
     public var summaryIntervalNanoseconds: UInt64 = 10_000_000_000
     public var redisTimeoutMilliseconds: Int = 2000
+    /// Replicas each master must have passed a batch's deletions to (`WAIT`) before it is
+    /// acknowledged; 0 trusts the master's confirmation.
+    public var redisWaitReplicas: Int = 0
     public var reconnectInitialMilliseconds: UInt64 = 100
     /// Short enough that the worker finds a promoted standby within seconds of the promotion.
     public var reconnectMaximumMilliseconds: UInt64 = 2_000

@@ -29,6 +29,8 @@ struct Run: ParsableCommand {
     var summaryInterval: String?
     @Option(help: ArgumentHelp(.redisTimeout, valueName: "duration"))
     var redisTimeout: String?
+    @Option(help: ArgumentHelp(.redisWaitReplicas, valueName: "n"))
+    var redisWaitReplicas: String?
     @Option(help: ArgumentHelp(.reconnectMax, valueName: "duration"))
     var reconnectMax: String?
     @Option(help: ArgumentHelp(.retention, valueName: "duration"))
@@ -51,6 +53,7 @@ struct Run: ParsableCommand {
         flags[.slowThreshold] = slowThreshold
         flags[.summaryInterval] = summaryInterval
         flags[.redisTimeout] = redisTimeout
+        flags[.redisWaitReplicas] = redisWaitReplicas
         flags[.reconnectMax] = reconnectMax
         flags[.retention] = retention
         flags[.redeleteAfter] = redeleteAfter

@@ -85,8 +85,9 @@ struct ProcessTests {
 
     @Test(arguments: [
         (["run"], [String: String](), "no database given: set DATABASE_URL"),
-        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h:5432/db", "REDIS_URL": "rediss://h:6380"], "hiredis 0.14 has no TLS"),
-        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h:5432/db", "REDIS_URL": "http://h"], "expected redis:// or unix://"),
+        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h:5432/db", "REDIS_URL": "rediss://h:6380?ca=/etc/ca.pem"], #"has unknown parameter "ca" (rediss:// takes cacert, cert, key, sni)"#),
+        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h:5432/db", "REDIS_WAIT_REPLICAS": "one"], "REDIS_WAIT_REPLICAS is \"one\"; expected a whole number"),
+        (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h:5432/db", "REDIS_URL": "http://h"], "expected redis://, rediss://, unix:// or redis-sentinel://"),
         (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h:5432/db", "REDIS_URL": "redis://h:99999"], "port"),
         (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h:notaport/db"], "DATABASE_URL has port \"notaport\""),
         (["run"], ["DATABASE_URL": "postgres://u:Secret-Pw-123@h/db?sslmode=requir"], "DATABASE_URL has sslmode \"requir\""),

@@ -245,7 +245,8 @@ extension Worker {
                 }
             }
             masterReached(target.master(runID: try runID(connection)))
-            invalidator = RedisInvalidator(target: target, deleteCommand: config.deleteCommand, lastAnswerAt: monotonicNanoseconds())
+            invalidator = RedisInvalidator(target: target, deleteCommand: config.deleteCommand, waitReplicas: config.redisWaitReplicas,
+                                           waitMilliseconds: max(1, config.redisTimeoutMilliseconds / 2), lastAnswerAt: monotonicNanoseconds())
             redisPolicy.opened()
             // While Redis was away nothing was remembered of what notifications named.
             session?.active?.work.requestDrain()
