@@ -42,6 +42,8 @@ struct BenchKnobTests {
         ["PROFILE_USERS": "1e4"],
         ["PROFILE_CONNECTIONS": "87"],
         ["DRAIN_KEYS": "yes"],
+        ["REDIS_CLUSTER": "yes"],
+        ["REDIS_CLUSTER": "2"],
     ])
     func badKnobsAreRefusedByName(_ environment: [String: String]) throws {
         let (status, output) = try Self.run(environment)

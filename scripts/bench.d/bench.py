@@ -3,6 +3,7 @@
 Reads its settings from the environment scripts/bench exports; see `scripts/bench --help`.
 Owns the worker and pgbench processes it starts and stops them on every exit path.
 """
+import binascii
 import json
 import math
 import os
@@ -34,6 +35,11 @@ PG_BIN = ENV["PG_BIN"]
 DB = ENV["DATABASE_URL"]
 BASE_DB = ENV["BASE_DATABASE_URL"]
 REDIS_URL = ENV["REDIS_URL"]
+# REDIS_CLUSTER=1: scripts/bench started a cluster of 3 masters + 3 replicas beside the single node;
+# the worker is given one node's URL (REDIS_CLUSTER_URL) and finds the rest itself.
+REDIS_CLUSTER = ENV.get("REDIS_CLUSTER", "0") == "1"
+REDIS_CLUSTER_URL = ENV.get("REDIS_CLUSTER_URL")
+REDIS_CLUSTER_PORTS = [int(p) for p in ENV.get("REDIS_CLUSTER_PORTS", "").split()]
 PREFIX = ENV.get("KEY_PREFIX", "area51:")
 PROBES = int(ENV["PROBES"])
 RATE = int(ENV["RATE"])
@@ -215,14 +221,17 @@ class Worker:
     def __init__(self):
         self.proc = None
         self.log_path = None
+        self.redis_url = None
         self.runs = []
 
-    def start(self, phase, env=None):
+    def start(self, phase, env=None, redis_url=REDIS_URL):
         """`env`: variables for this run only, over the bench's own (the staleness phase's
-        REDELETE_AFTER: a variable, not a flag, so a binary without the setting still runs)."""
+        REDELETE_AFTER: a variable, not a flag, so a binary without the setting still runs).
+        `redis_url`: the single node, or a node of the cluster (REDIS_CLUSTER_URL)."""
         assert self.proc is None
         self.log_path = os.path.join(RESULTS, f"worker-{phase}.log")
-        env = dict(os.environ, DATABASE_URL=DB, REDIS_URL=REDIS_URL, KEY_PREFIX=PREFIX, **(env or {}))
+        self.redis_url = redis_url
+        env = dict(os.environ, DATABASE_URL=DB, KEY_PREFIX=PREFIX, **(env or {}), REDIS_URL=redis_url)
         self.log = open(self.log_path, "w")
         self.started_at = time.perf_counter()
         self.proc = spawn([WORKER, "run"], "cache-invalidat", env=env, stdin=subprocess.DEVNULL,
@@ -247,7 +256,7 @@ class Worker:
             return None
         rc = terminate(self.proc)
         self.log.close()
-        self.runs.append({"log": os.path.basename(self.log_path), "exit_code": rc})
+        self.runs.append({"log": os.path.basename(self.log_path), "exit_code": rc, "redis_url": self.redis_url})
         self.proc = None
         if rc != 0:
             raise RuntimeError(f"the worker exited with code {rc}; see {self.log_path}")
@@ -409,6 +418,141 @@ def transaction_durations(prefix):
     return durations
 
 
+# ================================================================ Redis: the single node or the cluster
+
+SLOTS = 16384
+
+
+def hash_slot(key):
+    """Redis Cluster's slot of a key (str or bytes): CRC16-XMODEM of the key, or of its hash tag
+    (between the first '{' and the next '}', when not empty), mod 16384; as the worker's
+    HashSlot."""
+    if isinstance(key, str):
+        key = key.encode()
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    return binascii.crc_hqx(key, 0) % SLOTS
+
+
+class RedisTarget:
+    """Where the probe and the drain put their keys and watch them go: the single node, or the
+    masters of the cluster, each key on the master of its slot (CLUSTER SLOTS, as the node of
+    `url` sees it). On a cluster a multi-key command must stay within one slot (CROSSSLOT
+    otherwise, even on one node), so by_slot() groups keys for MSET and EXISTS; keyspace
+    notifications are per node, so a listener subscribes on every master."""
+
+    def __init__(self, url, cluster):
+        self.url = url
+        self.cluster = cluster
+        seed = redis.Redis.from_url(url)
+        if cluster:
+            self.masters, self.owner = self.slot_map(seed)
+            self.replicas = self.replica_map(seed, self.masters)
+            # The bench's slot function must be the cluster's (a wrong one would SET keys on
+            # a node that refuses them with MOVED).
+            for key in (f"{PREFIX}portfolio:200000", f"{PREFIX}tx:777:0xp1", "{user1000}.following", "a{}{b}"):
+                if int(seed.execute_command("CLUSTER", "KEYSLOT", key)) != hash_slot(key):
+                    raise RuntimeError(f"hash_slot({key!r}) is not the cluster's CLUSTER KEYSLOT")
+        else:
+            kwargs = seed.connection_pool.connection_kwargs
+            self.masters, self.owner, self.replicas = [(kwargs["host"], int(kwargs["port"]))], None, {}
+        self.db = seed.connection_pool.connection_kwargs.get("db", 0)
+        seed.close()
+
+    @staticmethod
+    def slot_map(r):
+        """(masters [(host, port)], the index of each slot's master), from CLUSTER SLOTS."""
+        masters, owner = [], [None] * SLOTS
+        for entry in r.execute_command("CLUSTER", "SLOTS"):
+            start, end, master = int(entry[0]), int(entry[1]), entry[2]
+            node = (master[0].decode() if isinstance(master[0], bytes) else master[0], int(master[1]))
+            if node not in masters:
+                masters.append(node)
+            index = masters.index(node)
+            for slot in range(start, end + 1):
+                owner[slot] = index
+        uncovered = owner.count(None)
+        if uncovered:
+            raise RuntimeError(f"the cluster leaves {uncovered} slots without a master")
+        return masters, owner
+
+    @staticmethod
+    def replica_map(r, masters):
+        """{master: [its replicas]}, from CLUSTER NODES (CLUSTER SLOTS leaves a replica out until
+        the node asked has heard its replication offset, seconds after the sync)."""
+        text = r.execute_command("CLUSTER", "NODES")
+        text = text.decode() if isinstance(text, bytes) else text
+        address, master_of = {}, {}
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) < 8:
+                continue
+            host, port = fields[1].split("@")[0].rsplit(":", 1)
+            address[fields[0]] = (host, int(port))
+            if "slave" in fields[2].split(",") and "fail" not in fields[2]:
+                master_of[(host, int(port))] = fields[3]
+        replicas = {node: [] for node in masters}
+        for replica, master_id in master_of.items():
+            master = address.get(master_id)
+            if master in replicas:
+                replicas[master].append(replica)
+        return replicas
+
+    @property
+    def label(self):
+        return "cluster" if self.cluster else "single node"
+
+    def describe(self):
+        return {"url": self.url, "cluster": self.cluster,
+                "masters": [f"{h}:{p}" for h, p in self.masters],
+                "replicas": {f"{h}:{p}": [f"{rh}:{rp}" for rh, rp in r] for (h, p), r in self.replicas.items()},
+                "slots_per_master": ({f"{h}:{p}": self.owner.count(i) for i, (h, p) in enumerate(self.masters)}
+                                     if self.cluster else None)}
+
+    def client(self, index=0):
+        host, port = self.masters[index]
+        return redis.Redis(host=host, port=port, db=self.db)
+
+    def clients(self):
+        return [self.client(i) for i in range(len(self.masters))]
+
+    def node_of(self, key):
+        return self.owner[hash_slot(key)] if self.cluster else 0
+
+    def by_node(self, keys):
+        """{master index: its keys}."""
+        out = {}
+        for key in keys:
+            out.setdefault(self.node_of(key), []).append(key)
+        return out
+
+    def by_slot(self, keys):
+        """{(master index, slot): keys}: the groups a multi-key command may take (the single node: one)."""
+        if not self.cluster:
+            return {(0, None): list(keys)}
+        out = {}
+        for key in keys:
+            slot = hash_slot(key)
+            out.setdefault((self.owner[slot], slot), []).append(key)
+        return out
+
+    def config_get(self, name):
+        r = self.client(0)
+        try:
+            return r.config_get(name).get(name, "")
+        finally:
+            r.close()
+
+    def config_set(self, name, value):
+        """On every master."""
+        for r in self.clients():
+            r.config_set(name, value)
+            r.close()
+
+
 # ================================================================ the lag probe
 
 def percentiles(values):
@@ -426,14 +570,20 @@ class Probe:
     autocommit, t0 = perf_counter() when the COMMIT returned; a listener thread on its own
     connection notes when Redis announced the deletion of the probe's tx key (keyspace
     notification). For the floor, the probe UNLINKs the five keys itself, pipelined, right after
-    t0 (and the worker is stopped)."""
+    t0 (and the worker is stopped).
+
+    On a cluster (`target`): each key SET on its slot's master (one pipeline per master: an MSET
+    across slots is refused), and one listener thread per master, each subscribed there (keyspace
+    notifications are per node); the first to see the tx key's deletion notes it. No floor."""
 
     TID = 777
     WALLET = "0xprobe"
 
-    def __init__(self):
-        self.r = redis.Redis.from_url(REDIS_URL)
-        self.r.config_set("notify-keyspace-events", "Kg")
+    def __init__(self, target=None):
+        self.target = target or RedisTarget(REDIS_URL, cluster=False)
+        self.r = self.target.client(0)
+        self.nodes = self.target.clients()
+        self.target.config_set("notify-keyspace-events", "Kg")
         self.db = connect()
         self.sql = (f"INSERT INTO public.trades ({TRADE_COLUMNS}) "
                     f"VALUES ({self.TID}, '{self.WALLET}', '{TOKEN}', 'buy', 'manual', 1.5, 4200, %s, 'confirmed')")
@@ -450,18 +600,19 @@ class Probe:
         escaped = re.sub(r"([\\*?\[\]])", r"\\\1", f"{PREFIX}tx:{self.TID}:{tag}")
         channel_prefix = f"__keyspace@0__:{PREFIX}tx:{self.TID}:"
         seen = {}
-        ready = threading.Event()
+        masters = len(self.target.masters)
+        ready = [threading.Event() for _ in range(masters)]
         done = threading.Event()
         listener_error = []
 
-        def listen():
+        def listen(node):
             try:
-                r = redis.Redis.from_url(REDIS_URL)
+                r = self.target.client(node)
                 ps = r.pubsub(ignore_subscribe_messages=True)
                 ps.psubscribe(f"__keyspace@0__:{escaped}*")
                 while ps.get_message(timeout=0.05) is not None:
                     pass
-                ready.set()
+                ready[node].set()
                 while not done.is_set():
                     m = ps.get_message(timeout=0.05)
                     if m is None:
@@ -471,18 +622,25 @@ class Probe:
                         key = m["channel"].decode()[len(channel_prefix):]
                         seen.setdefault(key, t)
                 ps.close()
+                r.close()
             except Exception as e:  # reported by the main thread
                 listener_error.append(e)
-                ready.set()
+                ready[node].set()
 
-        thread = threading.Thread(target=listen, daemon=True)
-        thread.start()
-        ready.wait(10)
+        threads = [threading.Thread(target=listen, args=(node,), daemon=True) for node in range(masters)]
+        for thread in threads:
+            thread.start()
+        for event in ready:
+            event.wait(10)
         if listener_error:
             raise listener_error[0]
         committed = {}
         interval = 1.0 / rate
         pipe = self.r.pipeline(transaction=False)
+        pipes = [r.pipeline(transaction=False) for r in self.nodes]
+        cluster = self.target.cluster
+        if floor and cluster:
+            raise RuntimeError("the probe has no floor on a cluster")
         delete = delete_command.upper()
         late = 0
         start = time.perf_counter()
@@ -496,7 +654,13 @@ class Probe:
                     late += 1
                 tx_hash = f"{tag}{i}"
                 keys = self.keys(tx_hash)
-                self.r.mset({k: "cached" for k in keys})
+                if cluster:
+                    for node, node_keys in self.target.by_node(keys).items():
+                        for k in node_keys:
+                            pipes[node].set(k, "cached")
+                        pipes[node].execute()
+                else:
+                    self.r.mset({k: "cached" for k in keys})
                 self.db.execute(self.sql, (tx_hash,), prepare=True)
                 t0 = time.perf_counter()
                 committed[tx_hash] = t0
@@ -510,7 +674,8 @@ class Probe:
                 time.sleep(0.01)
         finally:
             done.set()
-            thread.join(2)
+            for thread in threads:
+                thread.join(2)
         lags, missed, negative = [], 0, 0
         for tx_hash, t0 in committed.items():
             t = seen.get(tx_hash)
@@ -521,6 +686,7 @@ class Probe:
                 negative += 1  # deleted before the client saw its COMMIT return
             lags.append(max(0.0, t - t0))
         return {
+            "redis": self.target.label,
             "probes": count,
             "seen": len(lags),
             "missed": missed,
@@ -708,7 +874,16 @@ class Bench:
     def __init__(self):
         self.conn = connect()
         self.worker = Worker()
-        self.results = {"meta": self.meta(), "lag": {}, "lag_pgbench": {}, "write_path": {}, "write_path_row_only": {}, "write_path_parts": {}, "bot_latency": {}, "staleness": {}, "drain": {}, "soak": None}
+        self.single = RedisTarget(REDIS_URL, cluster=False)
+        self.cluster = RedisTarget(REDIS_CLUSTER_URL, cluster=True) if REDIS_CLUSTER else None
+        self.results = {"meta": self.meta(), "lag": {}, "lag_pgbench": {}, "write_path": {}, "write_path_row_only": {}, "write_path_parts": {}, "bot_latency": {}, "staleness": {}, "drain": {}, "soak": None,
+                        # REDIS_CLUSTER=1: the worker's runs against the cluster, beside the single node's
+                        # (results["lag"]["worker_*"], results["drain"]); ratios are cluster / single.
+                        "cluster": None}
+        if self.cluster:
+            self.results["cluster"] = {"topology": self.cluster.describe(), "nodes": REDIS_CLUSTER_PORTS,
+                                       "redis_version": self.cluster.client(0).info("server")["redis_version"],
+                                       "lag": {}, "drain": {}}
         self.samples = {}
 
     def meta(self):
@@ -750,12 +925,16 @@ class Bench:
                       "STALENESS_SECONDS": STALENESS_SECONDS, "STALENESS_RATE": STALENESS_RATE,
                       "STALENESS_WRITERS": STALENESS_WRITERS, "STALENESS_REDELETE": STALENESS_REDELETE,
                       "STALENESS_SEED": STALENESS_SEED, "STALENESS_TAIL_MS": STALENESS_TAIL_MS,
-                      "PG_SETTINGS": ENV.get("PG_SETTINGS", "")},
+                      "PG_SETTINGS": ENV.get("PG_SETTINGS", ""), "REDIS_CLUSTER": REDIS_CLUSTER},
         }
 
-    def ensure_worker(self, phase):
+    def ensure_worker(self, phase, redis_url=REDIS_URL):
+        """The worker running against `redis_url` (restarted if it runs against the other one),
+        and nothing pending."""
+        if self.worker.proc is not None and self.worker.redis_url != redis_url:
+            self.stop_worker()
         if self.worker.proc is None:
-            self.worker.start(phase)
+            self.worker.start(phase, redis_url=redis_url)
             self.worker.wait_ready()
         wait_drained(self.conn)
 
@@ -764,12 +943,20 @@ class Bench:
 
     # ------------------------------------------------------------ lag
     def lag(self):
-        probe = Probe()
+        """The floor and the worker at RATE probes/s, at rest and with BACKGROUND_RATE; with
+        REDIS_CLUSTER=1, right after each worker run the same run against the cluster ("cluster":
+        results["cluster"]["lag"]["worker_<load>"], samples cluster_worker_<load>)."""
+        probe = Probe(self.single)
+        cluster_probe = Probe(self.cluster) if self.cluster else None
         loads = [("idle", 0)] + ([] if SKIP["BACKGROUND"] or BG_RATE == 0 else [("background", BG_RATE)])
+        modes = ("floor", "worker") + (("cluster",) if self.cluster else ())
         for load, bg in loads:
-            for mode in ("floor", "worker"):
+            for mode in modes:
                 name = f"{mode}_{load}"
-                if mode == "floor":
+                if mode == "cluster":
+                    name = f"cluster_worker_{load}"
+                    self.ensure_worker(f"lag-{name}", redis_url=REDIS_CLUSTER_URL)
+                elif mode == "floor":
                     self.stop_worker()
                     if pending(self.conn):
                         # Events still pending (a floor phase leaves its own): the worker drains them, then stops.
@@ -779,16 +966,17 @@ class Bench:
                     self.ensure_worker(f"lag-{name}")
                 settle(self.conn, name)
                 say(f"lag: {name}: {PROBES} probes at {RATE}/s" + (f", {bg} settled trades/s in the background" if bg else "")
-                    + (" (worker stopped, the probe deletes its own keys)" if mode == "floor" else ""))
-                meter = Meter(self.worker, self.conn) if mode == "worker" else None
+                    + (" (worker stopped, the probe deletes its own keys)" if mode == "floor" else "")
+                    + (f" (the worker against the cluster, {len(self.cluster.masters)} masters)" if mode == "cluster" else ""))
+                meter = Meter(self.worker, self.conn) if mode != "floor" else None
                 bg_proc = None
                 if bg:
                     seconds = math.ceil(PROBES / RATE) + 4
                     bg_proc, bg_log = pgbench(DB, BG_CLIENTS, seconds, rate=bg, label=f"pgbench-background-{name}")
                     time.sleep(2)
                 try:
-                    result, lags = probe.run(PROBES, RATE, floor=(mode == "floor"),
-                                             delete_command=ENV.get("DELETE_COMMAND", "unlink"))
+                    result, lags = (cluster_probe if mode == "cluster" else probe).run(
+                        PROBES, RATE, floor=(mode == "floor"), delete_command=ENV.get("DELETE_COMMAND", "unlink"))
                 finally:
                     if bg_proc is not None and bg_proc.poll() is None and _stopping:
                         terminate(bg_proc)
@@ -804,8 +992,12 @@ class Bench:
                 result["mode"], result["load"] = mode, load
                 # The machine may be shared: how busy it was is part of reading the figures.
                 result["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
-                self.samples[name] = lags
-                self.results["lag"][name] = result
+                if mode == "cluster":
+                    self.samples[name] = lags
+                    self.results["cluster"]["lag"][f"worker_{load}"] = result
+                else:
+                    self.samples[name] = lags
+                    self.results["lag"][name] = result
                 p = result["lag_ms"]
                 say(f"lag: {name}: p50 {p['p50']} ms, p99 {p['p99']} ms, max {p['max']} ms, missed {result['missed']}"
                     + (f", background achieved {result['background']['achieved_per_s']}/s" if bg else ""))
@@ -816,6 +1008,11 @@ class Bench:
                 worker["ratio_to_floor"] = {
                     k: (round(worker["lag_ms"][k] / floor["lag_ms"][k], 2) if floor["lag_ms"][k] else None)
                     for k in worker["lag_ms"]}
+            cluster = self.results["cluster"] and self.results["cluster"]["lag"].get(f"worker_{load}")
+            if cluster and worker:
+                cluster["ratio_to_single"] = {
+                    k: (round(cluster["lag_ms"][k] / worker["lag_ms"][k], 2) if worker["lag_ms"][k] and cluster["lag_ms"][k] is not None else None)
+                    for k in cluster["lag_ms"]}
 
     # ------------------------------------------------------------ lag, the pgbench load profile
     def lag_pgbench(self):
@@ -1143,15 +1340,20 @@ class Bench:
         self.ensure_worker("staleness-drain")
 
     # ------------------------------------------------------------ drain
-    def drain(self, size):
+    def drain(self, size, target=None):
+        """`target`: the single node (default), or the cluster (REDIS_CLUSTER=1: the same backlog
+        again, its keys SET on their masters, the worker given a node of the cluster; stored in
+        results["cluster"]["drain"])."""
+        target = target or self.single
+        phase = f"drain-cluster-{size}" if target.cluster else f"drain-{size}"
         self.stop_worker()
         wait_drained_by_sql = pending(self.conn)
         if wait_drained_by_sql:
-            self.ensure_worker(f"drain-{size}-predrain")
+            self.ensure_worker(f"{phase}-predrain")
             self.stop_worker()
-        settle(self.conn, f"drain-{size}")
+        settle(self.conn, phase)
         first = scalar(self.conn, "SELECT COALESCE(max(id), 0) FROM cache_invalidation.events") + 1
-        say(f"drain: writing a backlog of {size} settled trades of {min(size, DRAIN_USERS)} users "
+        say(f"drain{' (cluster)' if target.cluster else ''}: writing a backlog of {size} settled trades of {min(size, DRAIN_USERS)} users "
             f"(worker stopped, {DRAIN_CHUNK} per transaction)")
         t = time.perf_counter()
         written = 0
@@ -1169,10 +1371,11 @@ class Bench:
         backlog = pending(self.conn)
         if last - first + 1 != size or backlog != size:
             raise RuntimeError(f"expected a backlog of {size} events (ids {first}..{last}), found {backlog} pending")
-        keys, notify = self.set_drain_keys(size) if DRAIN_KEYS else (None, None)
-        settle(self.conn, f"drain-{size}-written")
-        say(f"drain: {size} events written in {write_seconds:.1f} s"
+        keys, notify = self.set_drain_keys(size, target) if DRAIN_KEYS else (None, None)
+        settle(self.conn, f"{phase}-written")
+        say(f"drain{' (cluster)' if target.cluster else ''}: {size} events written in {write_seconds:.1f} s"
             + (f", their {keys['distinct_keys']} keys set in {keys['set_seconds']:.1f} s" if keys else " (no keys set)")
+            + (f" on {len(target.masters)} masters" if keys and target.cluster else "")
             + "; starting the worker")
         poll = self.conn.cursor()
         queue = has_queue(self.conn)
@@ -1180,7 +1383,7 @@ class Bench:
                     else "SELECT processed_at IS NOT NULL FROM cache_invalidation.events WHERE id = %s")
         started_at = scalar(self.conn, "SELECT clock_timestamp()")
         t0 = time.perf_counter()
-        self.worker.start(f"drain-{size}")
+        self.worker.start(phase, redis_url=target.url)
         meter = Meter(self.worker, self.conn, fresh=True)
         self.worker.wait_ready(60)
         # The drain pass goes in id order, so the newest event acknowledged means the pass is
@@ -1210,9 +1413,12 @@ class Bench:
                                     "FROM cache_invalidation.events WHERE id BETWEEN %s AND %s", (first, last))
         w = meter.finish(events=size)
         if keys:
-            keys["left"] = self.count_drain_keys(size)
-            redis.Redis.from_url(REDIS_URL).config_set("notify-keyspace-events", notify)
+            keys["left"], left_by_master = self.count_drain_keys(size, target)
+            keys["left_by_master"] = left_by_master
+            keys["dbsize_after_by_master"] = {f"{h}:{p}": r.dbsize() for (h, p), r in zip(target.masters, target.clients())}
+            target.config_set("notify-keyspace-events", notify)
         result = {
+            "redis": target.label,
             "events": size,
             # With keys: every event's keys were SET before the worker started (keys), and those
             # still there once the last event was acknowledged are keys.left (must be 0).
@@ -1230,11 +1436,21 @@ class Bench:
             "worker": w,
             "log": os.path.basename(self.worker.log_path),
         }
-        self.results["drain"][str(size)] = result
-        say(f"drain: {size} events{' with keys' if keys else ', keyless'}: {result['external_events_per_s']}/s from start "
+        if target.cluster:
+            single = self.results["drain"].get(str(size))
+            if single:
+                result["ratio_to_single"] = {
+                    "external_events_per_s": round(result["external_events_per_s"] / single["external_events_per_s"], 2),
+                    "worker_events_per_s": (round(result["worker_events_per_s"] / single["worker_events_per_s"], 2)
+                                            if result["worker_events_per_s"] and single["worker_events_per_s"] else None)}
+            self.results["cluster"]["drain"][str(size)] = result
+        else:
+            self.results["drain"][str(size)] = result
+        say(f"drain{' (cluster)' if target.cluster else ''}: {size} events{' with keys' if keys else ', keyless'}: {result['external_events_per_s']}/s from start "
             f"(worker's own: {result['worker_events_per_s']}/s), peak RSS {w['peak_rss_kb'] / 1024:.1f} MB, "
             f"CPU {w['cpu_seconds_per_1000_events']} s per 1000 events"
-            + (f"; keys left {keys['left']} of {keys['distinct_keys']}" if keys else ""))
+            + (f"; keys left {keys['left']} of {keys['distinct_keys']}" if keys else "")
+            + (f" (by master: {keys['left_by_master']})" if keys and target.cluster else ""))
 
     @staticmethod
     def drain_keys(size, chunk=10_000):
@@ -1260,36 +1476,59 @@ class Bench:
         if out:
             yield out
 
-    def set_drain_keys(self, size):
-        """SETs every key of the backlog (pipelined MSETs of 10,000 keys), keyspace notifications
-        off until the check (a drain deleting keys would otherwise publish one per key; the lag
-        phases turn them on); returns what was set, and the setting to put back after the check."""
-        r = redis.Redis.from_url(REDIS_URL)
-        notify = r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
-        r.config_set("notify-keyspace-events", "")
+    def set_drain_keys(self, size, target):
+        """SETs every key of the backlog, keyspace notifications off until the check (a drain
+        deleting keys would otherwise publish one per key; the lag phases turn them on); returns
+        what was set, and the setting to put back after the check. The single node: pipelined
+        MSETs of 10,000 keys. The cluster: the keys grouped by slot (chunks of 160,000 keys, ~10
+        per slot), one MSET per slot on the slot's master, pipelined per master."""
+        notify = target.config_get("notify-keyspace-events")
+        target.config_set("notify-keyspace-events", "")
         t = time.perf_counter()
         distinct = 0
-        pipe = r.pipeline(transaction=False)
-        for n, chunk in enumerate(self.drain_keys(size)):
-            pipe.mset(dict.fromkeys(chunk, "cached"))
-            distinct += len(chunk)
-            if n % 10 == 9:
-                pipe.execute()
-        pipe.execute()
+        if target.cluster:
+            clients = target.clients()
+            per_master = [0] * len(clients)
+            for chunk in self.drain_keys(size, chunk=160_000):
+                pipes = [r.pipeline(transaction=False) for r in clients]
+                for (node, _), keys in target.by_slot(chunk).items():
+                    pipes[node].mset(dict.fromkeys(keys, "cached"))
+                    per_master[node] += len(keys)
+                for pipe in pipes:
+                    pipe.execute()
+                distinct += len(chunk)
+            set_by_master = {f"{h}:{p}": n for (h, p), n in zip(target.masters, per_master)}
+        else:
+            r = target.client(0)
+            pipe = r.pipeline(transaction=False)
+            for n, chunk in enumerate(self.drain_keys(size)):
+                pipe.mset(dict.fromkeys(chunk, "cached"))
+                distinct += len(chunk)
+                if n % 10 == 9:
+                    pipe.execute()
+            pipe.execute()
+            set_by_master = None
         set_seconds = time.perf_counter() - t
-        present = self.count_drain_keys(size)
+        present, present_by_master = self.count_drain_keys(size, target)
         if present != distinct:
-            raise RuntimeError(f"drain: {distinct} keys set, but {present} of them are in Redis")
+            raise RuntimeError(f"drain: {distinct} keys set, but {present} of them are in Redis ({target.label})")
         return {"distinct_keys": distinct, "present_before": present, "set_seconds": round(set_seconds, 2),
-                "left": None}, notify
+                "set_by_master": set_by_master, "left": None}, notify
 
-    def count_drain_keys(self, size):
-        """How many of the backlog's keys are in Redis (EXISTS, pipelined)."""
-        r = redis.Redis.from_url(REDIS_URL)
-        pipe = r.pipeline(transaction=False)
-        for chunk in self.drain_keys(size):
-            pipe.exists(*chunk)
-        return sum(pipe.execute())
+    def count_drain_keys(self, size, target):
+        """How many of the backlog's keys are in Redis (EXISTS, pipelined; on a cluster one EXISTS
+        per slot on its master): (total, {master: count}) (the single node: {} by master)."""
+        clients = target.clients()
+        per_master = [0] * len(clients)
+        for chunk in self.drain_keys(size, chunk=160_000 if target.cluster else 10_000):
+            pipes = [r.pipeline(transaction=False) for r in clients]
+            groups = target.by_slot(chunk)
+            for (node, _), keys in groups.items():
+                pipes[node].exists(*keys)
+            for node, pipe in enumerate(pipes):
+                per_master[node] += sum(pipe.execute())
+        by_master = {f"{h}:{p}": n for (h, p), n in zip(target.masters, per_master)} if target.cluster else {}
+        return sum(per_master), by_master
 
     # ------------------------------------------------------------ soak
     def soak(self):
@@ -1358,6 +1597,8 @@ class Bench:
             if not SKIP["DRAIN"]:
                 for size in DRAIN_SIZES:
                     self.drain(size)
+                    if self.cluster:
+                        self.drain(size, self.cluster)
             if SOAK_SECONDS > 0:
                 self.soak()
         finally:
@@ -1421,9 +1662,23 @@ def targets(res):
         w = v["by_fill"]["within_window"]
         add(f"stale keys, fills within the window ({v['redelete_after']})", "= 0 per million writes",
             w["stale_per_million_writes"], w["stale"] == 0, "per M")
+    cl = res.get("cluster") or {}
+    for load, c in (cl.get("lag") or {}).items():
+        q = c.get("ratio_to_single")
+        what = f"{RATE}/s" + (f" + {BG_RATE}/s background" if load == "worker_background" else "")
+        add(f"cluster lag p99 / single's, {what}", "<= 1.2", q and q["p99"], q and q["p99"] is not None and q["p99"] <= 1.2, "x")
+    for size, d in (cl.get("drain") or {}).items():
+        kind = "with keys" if d.get("with_keys") else "keyless"
+        add(f"cluster drain, {int(size):,} ({kind}, external)", ">= 100,000 events/s", d["external_events_per_s"],
+            d["external_events_per_s"] >= 100_000, "events/s")
+        if d.get("keys"):
+            add(f"cluster keys left after the {int(size):,} drain", "= 0", d["keys"]["left"], d["keys"]["left"] == 0)
     missed = sum(v["missed"] for v in lag.values()) + sum(v["missed"] for v in lp.values())
     if lag or lp:
         add("missed probes (key not deleted within 5 s)", "= 0", missed, missed == 0)
+    if cl.get("lag"):
+        cmissed = sum(v["missed"] for v in cl["lag"].values())
+        add("cluster missed probes (not deleted in 5 s)", "= 0", cmissed, cmissed == 0)
     return out
 
 
@@ -1536,11 +1791,64 @@ def table(res):
                      f"({'flat' if s['flat'] else 'GROWING'}); heap (RssAnon) {s.get('anon_kb_first_tenth_median')} -> "
                      f"{s.get('anon_kb_last_tenth_median')} kB; CPU {fmt(s['worker']['cpu_seconds_per_1000_events'])} s per 1000 events")
         lines.append("")
+    cl = res.get("cluster")
+    if cl and (cl["lag"] or cl["drain"]):
+        lines += cluster_table(res)
+        lines.append("")
     lines.append("Targets (from the benchmark issue; reported, never enforced)")
     for t in res["targets"]:
         verdict = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT MET")
         lines.append(f"  {t['target']:<46} {t['limit']:<26} {fmt(t['value']):>10} {t['unit']:<9} {verdict}")
     return "\n".join(lines)
+
+
+def cluster_table(res):
+    """The worker against the single node and against the cluster, side by side: the lag phase's
+    worker runs (the cluster's right after the single node's), and the drains."""
+    cl = res["cluster"]
+    topo = cl["topology"]
+    replicas = sum(len(r) for r in topo["replicas"].values())
+    lines = [f"Redis Cluster ({len(topo['masters'])} masters + {replicas} replicas, Redis {cl['redis_version']}) against the single node: "
+             f"the same worker, the cluster's run right after the single node's"]
+    if cl["lag"]:
+        lines.append(f"Lag (ms; {PROBES} probes at {RATE}/s; the deletion seen on every master's keyspace notifications; ratio = cluster / single)")
+        lines.append(f"{'run':<26} {'p50':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} {'max':>8} {'missed':>6}  {'bg/s':>7}  {'CPU s/1k':>8} {'RSS MB':>7}")
+        for load in ("worker_idle", "worker_background"):
+            c = cl["lag"].get(load)
+            if not c:
+                continue
+            for label, r in ((f"single, {load[7:]}", res["lag"].get(load)), (f"cluster, {load[7:]}", c)):
+                if not r:
+                    continue
+                p = r["lag_ms"]
+                bg = r["background"]["achieved_per_s"] if r["background"] else 0
+                w = r.get("worker") or {}
+                lines.append(f"{label:<26} {fmt(p['p50']):>8} {fmt(p['p90']):>8} {fmt(p['p99']):>8} {fmt(p['p99.9']):>8} "
+                             f"{fmt(p['max']):>8} {r['missed']:>6}  {bg:>7.0f}  {fmt(w.get('cpu_seconds_per_1000_events'), 3):>8} "
+                             f"{fmt(w['peak_rss_kb'] / 1024 if w else None, 1):>7}")
+            q = c.get("ratio_to_single")
+            if q:
+                lines.append(f"{'  cluster / single':<26} {fmt(q['p50'], 2):>8} {fmt(q['p90'], 2):>8} {fmt(q['p99'], 2):>8} "
+                             f"{fmt(q['p99.9'], 2):>8} {fmt(q['max'], 2):>8}")
+    if cl["drain"]:
+        lines.append("Drain (events/s from the worker's start, external; worker's own in brackets; keys left: on the single node / "
+                     "on each master of the cluster)")
+        lines.append(f"{'events':>9} {'keys':>9} {'single/s':>17} {'cluster/s':>17} {'ratio':>6} {'CPU s/1k s/c':>13} "
+                     f"{'RSS MB s/c':>11}  keys left")
+        for size, c in cl["drain"].items():
+            d = res["drain"].get(size)
+            k, ck = (d or {}).get("keys"), c.get("keys")
+            single = f"{d['external_events_per_s']} ({fmt(d['worker_events_per_s'])})" if d else "-"
+            cluster = f"{c['external_events_per_s']} ({fmt(c['worker_events_per_s'])})"
+            ratio = fmt((c.get("ratio_to_single") or {}).get("external_events_per_s"), 2)
+            cpu = f"{fmt(d['worker']['cpu_seconds_per_1000_events'], 3) if d else '-'}/{fmt(c['worker']['cpu_seconds_per_1000_events'], 3)}"
+            rss = f"{d['worker']['peak_rss_kb'] / 1024:.0f}/" if d else "-/"
+            rss += f"{c['worker']['peak_rss_kb'] / 1024:.0f}"
+            left = (f"{fmt(k['left']) if k else '-'} / " + (" + ".join(str(n) for n in ck["left_by_master"].values()) + f" = {ck['left']}"
+                                                           if ck else "-"))
+            lines.append(f"{int(size):>9} {(ck['distinct_keys'] if ck else 'none'):>9} {single:>17} {cluster:>17} {ratio:>6} {cpu:>13} "
+                         f"{rss:>11}  {left}")
+    return lines
 
 
 STALENESS_LABELS = {"worker_no_redelete": "worker, REDELETE_AFTER=0", "worker_redelete": "worker, REDELETE_AFTER={}",
@@ -1644,7 +1952,8 @@ def svg(samples, path):
     styles = {"floor_idle": ("#1f77b4", "6,4"), "worker_idle": ("#1f77b4", ""),
               "floor_background": ("#d62728", "6,4"), "worker_background": ("#d62728", ""),
               "pgbench_floor_idle": ("#2ca02c", "6,4"), "pgbench_worker_idle": ("#2ca02c", ""),
-              "pgbench_floor_background": ("#ff7f0e", "6,4"), "pgbench_worker_background": ("#ff7f0e", "")}
+              "pgbench_floor_background": ("#ff7f0e", "6,4"), "pgbench_worker_background": ("#ff7f0e", ""),
+              "cluster_worker_idle": ("#9467bd", "2,2"), "cluster_worker_background": ("#8c564b", "2,2")}
     for k, (name, values) in enumerate(series):
         s = sorted(values)
         n = len(s)
@@ -1713,8 +2022,10 @@ def main():
     if (res.get("staleness") or {}).get("variants"):
         say(f"race:    {os.path.join(RESULTS, 'staleness-samples.csv')} (each raced write)")
     say(f"logs:    {RESULTS}/worker-*.log, pgbench-*.log, postgres.log")
-    missed = sum(v["missed"] for v in res["lag"].values()) + sum(v["missed"] for v in res["lag_pgbench"].values())
-    left = sum(d["keys"]["left"] for d in res["drain"].values() if d.get("keys"))
+    cl = res.get("cluster") or {}
+    missed = (sum(v["missed"] for v in res["lag"].values()) + sum(v["missed"] for v in res["lag_pgbench"].values())
+              + sum(v["missed"] for v in (cl.get("lag") or {}).values()))
+    left = sum(d["keys"]["left"] or 0 for d in list(res["drain"].values()) + list((cl.get("drain") or {}).values()) if d.get("keys"))
     if missed and ok:
         say(f"error: {missed} probes missed (key not deleted within {MISS_SECONDS:.0f} s)")
     if left and ok:
