@@ -162,6 +162,12 @@ final class Harness {
         }
     }
 
+    /// Waits until the worker leads, drained, and left the settling a new lead starts with: an
+    /// event committed now is taken from its notification, not found by a settling poll first.
+    func waitUntilNotified(sourceLocation: SourceLocation = #_sourceLocation) throws {
+        try waitFor("listening, notified, caught up", sourceLocation: sourceLocation) { $0.listening && $0.redisUp && $0.initialDrainDone && !$0.polling && !$0.workWaiting }
+    }
+
     /// Waits until the worker has written `count` lines containing `text`, in all.
     func waitForLogLines(containing text: String, count: Int, timeout: Double = 20, sourceLocation: SourceLocation = #_sourceLocation) throws {
         try awaitCondition("\(count) log lines containing \(text.debugDescription)", timeout: timeout, sourceLocation: sourceLocation) { seen in

@@ -16,7 +16,7 @@ struct PrivateChannelTests {
     @Test func settledTradeIsDeletedFromItsNotificationAndAcknowledgedInTheLog() throws {
         let harness = try Harness()
         harness.startWorker()
-        try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
+        try harness.waitUntilNotified()
         try harness.seed(["tx:5:0xfast", "portfolio:5", "portfolio:6"])
         try harness.sql(DeliveryTests.settledTrade(5, "0xfast"))
         try harness.waitUntilProcessed()
@@ -58,7 +58,7 @@ struct PrivateChannelTests {
         _ = try Migrator(connection: harness.db, directory: Harness.migrationsDirectory, logger: harness.quietLogger()).up()
         try harness.sql("ALTER DATABASE \(harness.databaseName) SET log_statement = 'all'")
         harness.startWorker()
-        try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
+        try harness.waitUntilNotified()
         try harness.seed(["user:7", "wallet_balance:0xA7"])
         let name = try Self.channelName(harness)
         let url = harness.servers.postgresURL(database: harness.databaseName, user: role)
@@ -126,7 +126,7 @@ struct PrivateChannelTests {
     @Test func hostilePayloadsOnThePrivateChannelAreRefusedOrCheckedAgainstTheLog() throws {
         let harness = try Harness()
         harness.startWorker()
-        try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
+        try harness.waitUntilNotified()
         let name = try Self.channelName(harness)
         try harness.seed(["tx:8:0xgood", "user:66", "user:67"])
         let sender = try PGConnection(conninfo: harness.databaseURL)
@@ -171,7 +171,7 @@ struct PrivateChannelTests {
         defer { _ = try? harness.sql("DROP OWNED BY \(role); DROP ROLE \(role)") }
         let url = harness.servers.postgresURL(database: harness.databaseName, user: role)
         harness.startWorker { $0.databaseURL = url }
-        try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
+        try harness.waitUntilNotified()
         try harness.seed(["tx:9:0xslow"])
         try harness.sql(DeliveryTests.settledTrade(9, "0xslow"))
         try harness.waitUntilProcessed()
@@ -245,7 +245,7 @@ struct PrivateChannelTests {
         #expect(owners.rows[0] == ["t", "t"])
         #expect(try harness.sql("SELECT relpersistence FROM pg_class WHERE oid = 'cache_invalidation.private_channel'::regclass")[0, 0] == "u")
         harness.startWorker()
-        try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
+        try harness.waitUntilNotified()
         try harness.seed(["user:3"])
         try harness.sql("INSERT INTO wallets (telegram_id, address) VALUES (3, '0xO3')")
         try harness.waitUntilProcessed()
@@ -279,7 +279,7 @@ struct PrivateChannelTests {
         #expect(hex == values.map { $0.utf8.map { String(format: "%02x", $0) }.joined() }.joined(separator: ","))
 
         harness.startWorker()
-        try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
+        try harness.waitUntilNotified()
         let address = "\u{301}\"0xodd\\\u{301}"
         try harness.seed(["tx:12:0xodd", "wallet_balance:\(address)"])
         try harness.sql("""

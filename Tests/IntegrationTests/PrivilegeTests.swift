@@ -16,7 +16,7 @@ struct PrivilegeTests {
         }
         let workerURL = harness.servers.postgresURL(database: harness.databaseName, user: "cache_invalidator")
         harness.startWorker { $0.databaseURL = workerURL }
-        try harness.waitFor("listening") { $0.listening && $0.initialDrainDone }
+        try harness.waitUntilNotified()
         try harness.seed(["tx:9:0xrole", "user:9"])
         try harness.sql(DeliveryTests.settledTrade(9, "0xrole"))
         try harness.waitUntilProcessed()
