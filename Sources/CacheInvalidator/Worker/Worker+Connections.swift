@@ -233,97 +233,7 @@ extension Worker {
         session = nil
     }
 
-    func connectRedis() {
-        do {
-            let target = try config.redis.open(timeoutMilliseconds: config.redisTimeoutMilliseconds, knownNodes: knownClusterNodes)
-            let connection = try target.anyConnection()
-            try ping(connection)
-            if case .cluster(let cluster) = target {
-                knownClusterNodes = cluster.topology.masters
-                if cluster.topology.uncovered > 0 {
-                    logger.warning("the cluster leaves slots without a master: keys there cannot be deleted until it heals", metadata: ["slots": "\(cluster.topology.uncovered)"])
-                }
-            }
-            masterReached(target.master(runID: try runID(connection)))
-            invalidator = RedisInvalidator(target: target, deleteCommand: config.deleteCommand, waitReplicas: config.redisWaitReplicas,
-                                           waitMilliseconds: max(1, config.redisTimeoutMilliseconds / 2), lastAnswerAt: monotonicNanoseconds())
-            redisPolicy.opened()
-            // While Redis was away nothing was remembered of what notifications named.
-            session?.active?.work.requestDrain()
-            statistics.update { $0.redisConnects += 1 }
-            logger.debug("redis connection opened", metadata: [LogKey.target: "\(config.redis)"])
-        } catch {
-            redisFailed(error)
-        }
-    }
-
-    /// The server process's run_id, when INFO is allowed (nil otherwise: the address alone then
-    /// tells masters apart).
-    private func runID(_ connection: RedisConnection) throws(RedisError) -> String? {
-        guard case .bulk(let text) = try connection.command([Array("INFO".utf8), Array("server".utf8)]) else { return nil }
-        return RedisInfo.parse(String(decoding: text, as: UTF8.self)).runID
-    }
-
-    /// Another master than the last one (a Sentinel failover, a restart) may still hold keys
-    /// whose deletion the previous one confirmed and never passed on: they are deleted again
-    /// (`FailoverMemory`).
-    private func masterReached(_ master: RedisMaster) {
-        defer { redisMaster = master }
-        guard let previous = redisMaster, master.replaces(previous) else { return }
-        let (events, dropped) = failover.primaryChanged()
-        reporting.replayedEvents = 0
-        reporting.replayRefilled = 0
-        statistics.update { $0.redisMasterChanges += 1 }
-        var metadata: Logger.Metadata = [LogKey.events: "\(events)", "previous": "\(previous)", "master": "\(master)",
-                                         "replay_window_ms": "\(config.failoverReplayNanoseconds / 1_000_000)"]
-        if dropped > 0 { metadata["dropped_events"] = "\(dropped)" }
-        logger.warning("redis is another master than before (a failover, or a restart): it may hold keys whose deletion the previous one confirmed without passing it on, so the keys of the events acknowledged before are deleted again", metadata: metadata)
-    }
-
-    func ping(_ connection: RedisConnection) throws(RedisError) {
-        let reply = try connection.command([Array("PING".utf8)])
-        guard reply == .status("PONG") else {
-            if case .error(let message) = reply { throw RedisError(code: .commandFailed, message: "PING: \(message)", target: "\(config.redis)") }
-            throw RedisError(code: .unexpectedReply, message: "PING answered \(reply)", target: "\(config.redis)")
-        }
-    }
-
-    /// An idle Redis connection can be dead (a master killed, a failover) without anyone noticing
-    /// until the next event; a PING finds out, and a failover's replay starts then.
-    func redisHeartbeat() {
-        guard let target = invalidator?.target else { return }
-        do {
-            try ping(try target.anyConnection())
-            redisRoundTripSucceeded()
-        } catch {
-            redisFailed(error)
-        }
-    }
-
-    func redisRoundTripSucceeded() {
-        invalidator?.lastAnswerAt = monotonicNanoseconds()
-        if case .cluster(let cluster)? = invalidator?.target, case let followed = cluster.takeRedirections(), followed > 0 {
-            statistics.update { $0.redisRedirections += UInt64(followed) }
-        }
-        guard !redisPolicy.verified, invalidator != nil else { return }
-        if case .cameUp(let failures, let downFor)? = redisPolicy.roundTripSucceeded(now: monotonicNanoseconds()) {
-            var metadata: Logger.Metadata = [LogKey.target: "\(config.redis)"]
-            if let redisMaster, config.redis.sentinel != nil || redisMaster.address.contains(",") { metadata["master"] = "\(redisMaster.address)" }
-            addOutage(&metadata, failures: failures, downFor: downFor)
-            logger.info("redis connected", metadata: metadata)
-        }
-    }
-
-    func redisFailed(_ error: RedisError) {
-        invalidator = nil
-        session?.active?.work.requestDrain()
-        statistics.update { $0.redisErrors += 1 }
-        let what = error.code == .commandFailed ? "redis rejected the deletions" : "redis unavailable"
-        report(redisPolicy.failed(now: monotonicNanoseconds(), connectionDropped: error.code == .connectionLost),
-               server: "redis", what: what, consequence: "events wait in the log and are drained when it returns", error: "\(error)")
-    }
-
-    private func report(_ action: ReconnectPolicy.FailureAction, server: String, what: String, consequence: String, error: String) {
+    func report(_ action: ReconnectPolicy.FailureAction, server: String, what: String, consequence: String, error: String) {
         switch action {
         case .retryNow:
             logger.info("\(server) connection dropped, reconnecting", metadata: [LogKey.error: "\(error)"])
@@ -335,7 +245,7 @@ extension Worker {
         }
     }
 
-    private func addOutage(_ metadata: inout Logger.Metadata, failures: Int, downFor: UInt64?) {
+    func addOutage(_ metadata: inout Logger.Metadata, failures: Int, downFor: UInt64?) {
         if failures > 0 { metadata[LogKey.attempts] = "\(failures + 1)" }
         if let downFor { metadata[LogKey.downSeconds] = "\(String(format: "%.1f", Double(downFor) / 1e9))" }
     }
