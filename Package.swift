@@ -43,7 +43,7 @@ let package = Package(
             dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")]
         ),
         .target(name: "PostgresClient", dependencies: ["CLibPQ"]),
-        .target(name: "RedisClient", dependencies: ["CHiredis", "COpenSSL"]),
+        .target(name: "RedisClient", dependencies: ["CHiredis", "COpenSSL", "InvalidationCore"]),
         .target(
             name: "CacheInvalidator",
             dependencies: [

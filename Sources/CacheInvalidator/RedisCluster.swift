@@ -67,7 +67,7 @@ final class RedisCluster {
 
     func connection(to node: ClusterTopology.Node) throws(RedisError) -> RedisConnection {
         if let connection = connections[node] { return connection }
-        let connection = try RedisConnection(address: .tcp(host: node.host, port: node.port), tls: endpoint.tlsConfiguration, timeoutMilliseconds: timeoutMilliseconds)
+        let connection = try RedisConnection(address: .tcp(host: node.host, port: node.port), tls: endpoint.tls, timeoutMilliseconds: timeoutMilliseconds)
         try connection.handshake(username: endpoint.username, password: endpoint.password, database: 0)
         connections[node] = connection
         return connection

@@ -14,7 +14,7 @@ extension RedisEndpoint {
         var lastError: RedisError?
         for node in candidates {
             do throws(RedisError) {
-                let connection = try RedisConnection(address: .tcp(host: node.host, port: node.port), tls: tlsConfiguration, timeoutMilliseconds: timeoutMilliseconds)
+                let connection = try RedisConnection(address: .tcp(host: node.host, port: node.port), tls: tls, timeoutMilliseconds: timeoutMilliseconds)
                 try connection.handshake(username: username, password: password, database: 0)
                 let reply = try connection.command(["CLUSTER", "SLOTS"].map { Array($0.utf8) })
                 if case .error(let message) = reply {
@@ -52,7 +52,7 @@ extension RedisEndpoint {
             case .unix(let path): target = .unix(path: path)
             }
         }
-        let connection = try RedisConnection(address: target, tls: tlsConfiguration, timeoutMilliseconds: timeoutMilliseconds)
+        let connection = try RedisConnection(address: target, tls: tls, timeoutMilliseconds: timeoutMilliseconds)
         try connection.handshake(username: username, password: password, database: database)
         if sentinel != nil {
             // A sentinel's answer can be a moment stale during a failover: the server itself says.
@@ -67,16 +67,13 @@ extension RedisEndpoint {
         return connection
     }
 
-    var tlsConfiguration: TLSConfiguration? {
-        tls.map { TLSConfiguration(caFile: $0.caFile, certificateFile: $0.certificateFile, keyFile: $0.keyFile, serverName: $0.serverName) }
-    }
 
     /// Asks each sentinel in turn for the master's address (`SENTINEL get-master-addr-by-name`).
     private func resolveMaster(_ sentinel: Sentinel, timeoutMilliseconds: Int) throws(RedisError) -> RedisAddress {
         var failures: [String] = []
         for node in sentinel.nodes {
             do {
-                let connection = try RedisConnection(address: .tcp(host: node.host, port: node.port), tls: tlsConfiguration, timeoutMilliseconds: timeoutMilliseconds)
+                let connection = try RedisConnection(address: .tcp(host: node.host, port: node.port), tls: tls, timeoutMilliseconds: timeoutMilliseconds)
                 try connection.handshake(username: sentinel.username, password: sentinel.password, database: 0)
                 let reply = try connection.command(["SENTINEL", "get-master-addr-by-name", sentinel.masterName].map { Array($0.utf8) })
                 switch reply {

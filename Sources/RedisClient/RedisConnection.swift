@@ -1,5 +1,6 @@
 import CHiredis
 import Glibc
+import InvalidationCore
 
 /// A Redis reply, copied out of hiredis so the `redisReply` tree is freed at once.
 public indirect enum RedisReply: Sendable, Equatable {

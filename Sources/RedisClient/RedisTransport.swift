@@ -1,4 +1,5 @@
 import Glibc
+import InvalidationCore
 
 /// A connected byte stream to one Redis server (TCP or a Unix socket, optionally TLS over TCP),
 /// blocking, with the timeout on every read and write (`SO_RCVTIMEO`, `SO_SNDTIMEO`): a stalled

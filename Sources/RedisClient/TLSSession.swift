@@ -1,23 +1,9 @@
 import COpenSSL
 import Glibc
+import InvalidationCore
 
-/// How to speak TLS to Redis (`rediss://`): whom to trust and who we are.
-public struct TLSConfiguration: Sendable, Equatable {
-    /// PEM file of the certificate authorities to trust; nil: the system's (OpenSSL's defaults).
-    public var caFile: String?
-    /// PEM client certificate (chain) and its key, for servers with `tls-auth-clients yes`.
-    public var certificateFile: String?
-    public var keyFile: String?
-    /// The name the server's certificate must carry (and the SNI sent); nil: the host connected to.
-    public var serverName: String?
-
-    public init(caFile: String? = nil, certificateFile: String? = nil, keyFile: String? = nil, serverName: String? = nil) {
-        self.caFile = caFile
-        self.certificateFile = certificateFile
-        self.keyFile = keyFile
-        self.serverName = serverName
-    }
-}
+/// The TLS settings of a `rediss://` URL, as parsed (`RedisEndpoint.TLS`).
+public typealias TLSConfiguration = RedisEndpoint.TLS
 
 /// One TLS session over a connected, blocking socket, with the peer verified: its chain against
 /// the trusted authorities, its name (DNS or IP address) against the host. TLS 1.2 at least.

@@ -68,8 +68,7 @@ struct RedisTLSTests {
     static func connect(_ url: String) throws(RedisError) -> RedisConnection {
         let endpoint = try! RedisEndpoint.parse(url)
         guard case .tcp(let host, let port) = endpoint.address else { fatalError("a TCP URL") }
-        let tls = endpoint.tls.map { TLSConfiguration(caFile: $0.caFile, certificateFile: $0.certificateFile, keyFile: $0.keyFile, serverName: $0.serverName) }
-        return try RedisConnection(address: .tcp(host: host, port: port), tls: tls)
+        return try RedisConnection(address: .tcp(host: host, port: port), tls: endpoint.tls)
     }
 
     @Test func theWorkerInvalidatesOverTLSWithTheRightCA() throws {
