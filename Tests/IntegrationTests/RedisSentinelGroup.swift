@@ -316,20 +316,7 @@ final class RedisSentinelGroup: Sendable {
         _ = try poll(what, timeout: timeout) { seen -> Bool? in try probe(&seen) ? true : nil }
     }
 
-    /// Polls `probe` (errors count as "not yet") until it returns a value; past `timeout` throws
-    /// an error naming what did not happen, what was last seen and how the servers' logs end.
     private func poll<T>(_ what: String, timeout: Double, _ probe: (_ seen: inout String) throws -> T?) throws -> T {
-        let deadline = Date().addingTimeInterval(timeout)
-        var seen = "nothing yet"
-        while true {
-            do {
-                if let value = try probe(&seen) { return value }
-            } catch {
-                seen = "error: \(error)"
-            }
-            if Date() >= deadline { break }
-            usleep(20_000)
-        }
-        throw FixtureError(description: "RedisSentinelGroup: timed out after \(timeout) s waiting for \(what); last saw: \(seen); the servers' logs end with:\n\(logTails)")
+        try TestServers.poll("RedisSentinelGroup: \(what)", timeout: timeout, context: { "the servers' logs end with:\n\(logTails)" }, probe)
     }
 }

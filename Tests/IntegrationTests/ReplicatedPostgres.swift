@@ -258,18 +258,7 @@ final class ReplicatedPostgres: Sendable {
 
     @discardableResult
     private func poll<T>(_ what: String, timeout: Double = 30, log: String, _ probe: (_ seen: inout String) throws -> T?) throws -> T {
-        let deadline = Date().addingTimeInterval(timeout)
-        var seen = "nothing yet"
-        while true {
-            do {
-                if let value = try probe(&seen) { return value }
-            } catch {
-                seen = "error: \(error)"
-            }
-            if Date() >= deadline { break }
-            usleep(20_000)
-        }
-        throw FixtureError(description: "ReplicatedPostgres: timed out after \(timeout) s waiting for \(what); last saw: \(seen); see \(log)")
+        try TestServers.poll("ReplicatedPostgres: \(what)", timeout: timeout, context: { "see \(log)" }, probe)
     }
 
     // MARK: Clean-up at exit

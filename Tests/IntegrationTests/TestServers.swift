@@ -247,6 +247,25 @@ final class TestServers: Sendable {
         return pid
     }
 
+    /// A fixture's wait: polls `probe` (an error counts as "not yet") until it returns a value;
+    /// past `timeout` throws, naming what did not happen, what was last seen, and `context()`
+    /// (where the servers' logs are, or how they end). Unlike `awaitValue` it records no issue:
+    /// a fixture that cannot start throws to the test that asked for it.
+    static func poll<T>(_ what: String, timeout: Double, context: () -> String, _ probe: (_ seen: inout String) throws -> T?) throws(TestServerError) -> T {
+        let deadline = Date().addingTimeInterval(timeout)
+        var seen = "nothing yet"
+        while true {
+            do {
+                if let value = try probe(&seen) { return value }
+            } catch {
+                seen = "error: \(error)"
+            }
+            if Date() >= deadline { break }
+            usleep(20_000)
+        }
+        throw TestServerError(description: "timed out after \(timeout) s waiting for \(what); last saw: \(seen); \(context())")
+    }
+
     static func freePort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
