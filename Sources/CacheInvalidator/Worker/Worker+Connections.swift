@@ -43,20 +43,14 @@ extension Worker {
     private func primaryReached(_ identity: PrimaryIdentity) {
         let change = primary.connected(to: identity)
         guard change.mayHaveLostWrites else { return }
-        let (events, dropped) = failover.primaryChanged()
-        reporting.replayedEvents = 0
-        reporting.replayRefilled = 0
-        statistics.update { $0.primaryChanges += 1 }
-        var metadata: Logger.Metadata = [LogKey.events: "\(events)", "primary": "\(identity)",
-                                         "replay_window_ms": "\(config.failoverReplayNanoseconds / 1_000_000)"]
-        if dropped > 0 { metadata["dropped_events"] = "\(dropped)" }
         let what: String
         switch change {
         case .newTimeline(let from, let to): what = "postgres is on a new timeline (\(from) to \(to)): a standby was promoted"
         case .otherSystem: what = "postgres is another cluster than before (its system identifier changed)"
         case .first, .same: return
         }
-        logger.warning("\(what); it may lack the last writes the previous primary committed, so the keys of the events acknowledged before are deleted again", metadata: metadata)
+        statistics.update { $0.primaryChanges += 1 }
+        startReplay("\(what); it may lack the last writes the previous primary committed", metadata: ["primary": "\(identity)"])
     }
 
     /// The session reached a server the worker cannot use: said once per outage, then looked for

@@ -85,6 +85,20 @@ extension Worker {
         }
     }
 
+    /// Another PostgreSQL primary or Redis master may lack what was acknowledged before: every
+    /// event the failover memory holds is due for deletion again (`replayAfterFailover`), and
+    /// ops are told why and how much.
+    func startReplay(_ why: String, metadata: Logger.Metadata) {
+        let (events, dropped) = failover.primaryChanged()
+        reporting.replayedEvents = 0
+        reporting.replayRefilled = 0
+        var metadata = metadata
+        metadata[LogKey.events] = "\(events)"
+        metadata["replay_window_ms"] = "\(config.failoverReplayNanoseconds / 1_000_000)"
+        if dropped > 0 { metadata["dropped_events"] = "\(dropped)" }
+        logger.warning("\(why), so the keys of the events acknowledged before are deleted again", metadata: metadata)
+    }
+
     /// One round of the replay after a primary change (`FailoverMemory`): a batch of the events
     /// acknowledged before it, deleted again in one pipeline. A failed round is first in line
     /// again once Redis is back.

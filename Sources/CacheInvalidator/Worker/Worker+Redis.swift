@@ -42,14 +42,9 @@ extension Worker {
     private func masterReached(_ master: RedisMaster) {
         defer { redisMaster = master }
         guard let previous = redisMaster, master.replaces(previous) else { return }
-        let (events, dropped) = failover.primaryChanged()
-        reporting.replayedEvents = 0
-        reporting.replayRefilled = 0
         statistics.update { $0.redisMasterChanges += 1 }
-        var metadata: Logger.Metadata = [LogKey.events: "\(events)", "previous": "\(previous)", "master": "\(master)",
-                                         "replay_window_ms": "\(config.failoverReplayNanoseconds / 1_000_000)"]
-        if dropped > 0 { metadata["dropped_events"] = "\(dropped)" }
-        logger.warning("redis is another master than before (a failover, or a restart): it may hold keys whose deletion the previous one confirmed without passing it on, so the keys of the events acknowledged before are deleted again", metadata: metadata)
+        startReplay("redis is another master than before (a failover, or a restart): it may hold keys whose deletion the previous one confirmed without passing it on",
+                    metadata: ["previous": "\(previous)", "master": "\(master)"])
     }
 
     func ping(_ connection: RedisConnection) throws(RedisError) {
