@@ -82,6 +82,8 @@ public struct FailoverMemory: Sendable {
 
     private mutating func dropFirstBatch() {
         heldEvents -= batches[head].events.count
+        // The slot stays until compaction: it must not keep the events alive meanwhile.
+        batches[head].events = []
         head += 1
         if head == batches.count {
             batches.removeAll(keepingCapacity: true)

@@ -71,6 +71,8 @@ public struct RecentDeletions: Sendable {
         var events = 0
         while head < entries.count, entries[head].due <= now, events < limit {
             let entry = entries[head]
+            // The slot stays until compaction: it must not keep the events alive meanwhile.
+            entries[head].content = .ranges([])
             head += 1
             switch entry.content {
             case .events(let list):
