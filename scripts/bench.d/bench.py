@@ -91,7 +91,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PERCENTILES = [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999)]
 # The worker's settings that may come from the environment; recorded with the results.
 WORKER_VARS = ["BATCH_SIZE", "DELETE_COMMAND", "SUMMARY_INTERVAL", "SLOW_THRESHOLD", "RETENTION", "REDELETE_AFTER",
-               "REDIS_TIMEOUT", "RECONNECT_MAX", "LOG_LEVEL", "LOG_FORMAT", "RULES"]
+               "REDIS_TIMEOUT", "REDIS_WAIT_REPLICAS", "FAILOVER_REPLAY", "RECONNECT_MAX", "LOG_LEVEL", "LOG_FORMAT", "RULES"]
 
 # The bot's settled trade: what the probe, the background load, the backlog and pgbench write.
 TRADE_COLUMNS = "telegram_id, wallet_address, token_address, side, source, amount_mon, amount_token, tx_hash, status"
